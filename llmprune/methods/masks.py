@@ -1,0 +1,149 @@
+"""Keep-masks from scores: exact k-smallest selection (global, per matrix, per row) and N:M groups.
+
+Pure tensor maths shared by every method. Masks are keep-masks (True = kept). Scores are compared by
+magnitude: a 16-bit float's |x| orders exactly like the integer of its low 15 bits, and an fp32's like its
+low 31 bits, so the exact k-th smallest score is found with integer histograms instead of a sort, and in a
+streaming pass over many tensors without ever concatenating them. Ties at the threshold are pruned in visit
+order (tensor order, then row-major index), which makes the count of zeros exactly k and masks nested.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+CHUNK = 1 << 22  # elements per chunk when building keys; bounds temporaries to ~40 MB
+
+_KEY_BITS = {torch.float16: 15, torch.bfloat16: 15, torch.float32: 31}
+
+
+def key_bits(dtype: torch.dtype) -> int:
+    """Bits of the order-preserving integer key of |x| for this dtype (float64 is scored as float32)."""
+    return _KEY_BITS.get(dtype, 31)
+
+
+def magnitude_keys(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer keys (int32, same shape) whose order equals the order of |x|.
+
+    With bits=31 every dtype is first widened to fp32 (exact for fp16/bf16), so tensors of mixed dtypes
+    share one key space.
+    """
+    if bits == 15 and x.dtype in (torch.float16, torch.bfloat16):
+        return x.view(torch.int16).to(torch.int32) & 0x7FFF
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    return x.view(torch.int32) & 0x7FFFFFFF
+
+
+def iter_key_chunks(x: torch.Tensor, bits: int) -> Iterable[torch.Tensor]:
+    """Keys of x (flattened, row-major) in chunks of at most CHUNK elements."""
+    flat = x.reshape(-1)
+    for start in range(0, flat.numel(), CHUNK):
+        yield magnitude_keys(flat[start : start + CHUNK], bits)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Prune every key < `key`, plus the first `ties` elements whose key == `key` in visit order."""
+
+    key: int
+    ties: int
+
+
+def kth_threshold(iter_keys: Callable[[], Iterable[torch.Tensor]], k: int, bits: int) -> Threshold:
+    """Exact threshold pruning the k smallest keys among all chunks that `iter_keys()` yields.
+
+    15-bit keys need one pass (a 32,768-bin histogram). 31-bit keys need two: the high 15 bits first,
+    then the low 16 bits of the keys inside the bin that holds the k-th element.
+    """
+    if k <= 0:
+        return Threshold(key=-1, ties=0)
+    shift = bits - 15
+    hist = torch.zeros(1 << 15, dtype=torch.int64)
+    for keys in iter_keys():
+        hist += torch.bincount((keys >> shift).reshape(-1), minlength=1 << 15)
+    total = int(hist.sum())
+    if k > total:
+        raise ValueError(f"cannot prune {k} of {total} weights")
+    cum = hist.cumsum(0)
+    hi = int(torch.searchsorted(cum, torch.tensor(k)))  # first bin whose cumulative count reaches k
+    below = int(cum[hi - 1]) if hi > 0 else 0
+    if shift == 0:
+        return Threshold(key=hi, ties=k - below)
+    low = torch.zeros(1 << shift, dtype=torch.int64)
+    for keys in iter_keys():
+        keys = keys.reshape(-1)
+        inside = keys[(keys >> shift) == hi]
+        if inside.numel():
+            low += torch.bincount(inside & ((1 << shift) - 1), minlength=1 << shift)
+    cum = low.cumsum(0)
+    lo = int(torch.searchsorted(cum, torch.tensor(k - below)))
+    below += int(cum[lo - 1]) if lo > 0 else 0
+    return Threshold(key=(hi << shift) | lo, ties=k - below)
+
+
+def threshold_mask(x: torch.Tensor, thr: Threshold, bits: int, ties_left: int) -> tuple[torch.Tensor, int]:
+    """Keep-mask of x under `thr`, pruning at most `ties_left` tied elements; returns (mask, ties used)."""
+    keep = torch.empty(x.shape, dtype=torch.bool)
+    flat = keep.view(-1)
+    start = 0
+    for keys in iter_key_chunks(x, bits):
+        part = flat[start : start + keys.numel()]
+        torch.gt(keys, thr.key, out=part)
+        if ties_left > 0:
+            tied = torch.nonzero(keys == thr.key).view(-1)
+            used = min(ties_left, tied.numel())
+            part[tied[used:]] = True
+            ties_left -= used
+        else:
+            part |= keys == thr.key
+        start += keys.numel()
+    return keep, ties_left
+
+
+def smallest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask pruning exactly the k smallest |score| of one tensor (ties: lower index pruned first)."""
+    bits = key_bits(score.dtype)
+    thr = kth_threshold(lambda: iter_key_chunks(score, bits), k, bits)
+    keep, _ = threshold_mask(score, thr, bits, thr.ties)
+    return keep
+
+
+def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask pruning round(sparsity * in) smallest |score| in every row of a (out, in) tensor."""
+    out_features, in_features = score.shape
+    k = round(sparsity * in_features)
+    keep = torch.ones(score.shape, dtype=torch.bool)
+    if k == 0:
+        return keep
+    rows = max(1, CHUNK // max(in_features, 1))
+    for r in range(0, out_features, rows):
+        s = score[r : r + rows].abs().float()
+        order = torch.sort(s, dim=1, stable=True).indices[:, :k]  # (rows, k)
+        keep[r : r + rows].scatter_(1, order, False)
+    return keep
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep-mask with the n largest |score| in every m consecutive inputs of each row (ties: earlier kept).
+
+    score: (out, in) with in divisible by m.
+    """
+    out_features, in_features = score.shape
+    if in_features % m:
+        raise ValueError(f"input size {in_features} is not divisible by M={m}")
+    groups = score.abs().float().reshape(-1, m)  # (out * in / m, m)
+    top = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.zeros(groups.shape, dtype=torch.bool)
+    keep.scatter_(1, top, True)
+    return keep.view(out_features, in_features)
+
+
+def mask_for(score: torch.Tensor, sparsity: float, scope: str = "layer", pattern=None) -> torch.Tensor:
+    """Keep-mask of one (out, in) score tensor: N:M when `pattern` is given, else per `scope` (layer|row)."""
+    if pattern is not None:
+        return nm_mask(score, pattern.n, pattern.m)
+    if scope == "row":
+        return row_mask(score, sparsity)
+    return smallest_k_mask(score, round(sparsity * score.numel()))
