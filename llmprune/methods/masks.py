@@ -45,24 +45,29 @@ def iter_key_chunks(x: torch.Tensor, bits: int) -> Iterable[torch.Tensor]:
 
 @dataclass(frozen=True)
 class Threshold:
-    """Prune every key < `key`, plus the first `ties` elements whose key == `key` in visit order."""
+    """Prune every key < `key`, plus `ties[i]` elements of key == `key` (the first, row-major) of tensor i."""
 
     key: int
-    ties: int
+    ties: tuple[int, ...]
 
 
-def kth_threshold(iter_keys: Callable[[], Iterable[torch.Tensor]], k: int, bits: int) -> Threshold:
-    """Exact threshold pruning the k smallest keys among all chunks that `iter_keys()` yields.
+def kth_threshold(iter_keys: Callable[[], Iterable[tuple[int, torch.Tensor]]], k: int, bits: int, count: int = 1) -> Threshold:
+    """Exact threshold pruning the k smallest keys among `count` tensors.
 
-    15-bit keys need one pass (a 32,768-bin histogram). 31-bit keys need two: the high 15 bits first,
-    then the low 16 bits of the keys inside the bin that holds the k-th element.
+    `iter_keys()` yields (tensor index, key chunk). 15-bit keys need one pass (a 32,768-bin histogram),
+    31-bit keys two: the high 15 bits, then the low 16 bits inside the bin holding the k-th element. The
+    ties at the threshold go to tensors in index order, so masks do not depend on the order they are made in.
     """
     if k <= 0:
-        return Threshold(key=-1, ties=0)
+        return Threshold(key=-1, ties=(0,) * count)
     shift = bits - 15
+    per_tensor = torch.zeros(count, 1 << 15, dtype=torch.int32) if shift == 0 else None
     hist = torch.zeros(1 << 15, dtype=torch.int64)
-    for keys in iter_keys():
-        hist += torch.bincount((keys >> shift).reshape(-1), minlength=1 << 15)
+    for i, keys in iter_keys():
+        h = torch.bincount((keys >> shift).reshape(-1), minlength=1 << 15).cpu()
+        hist += h
+        if per_tensor is not None:
+            per_tensor[i] += h.to(torch.int32)
     total = int(hist.sum())
     if k > total:
         raise ValueError(f"cannot prune {k} of {total} weights")
@@ -70,44 +75,49 @@ def kth_threshold(iter_keys: Callable[[], Iterable[torch.Tensor]], k: int, bits:
     hi = int(torch.searchsorted(cum, torch.tensor(k)))  # first bin whose cumulative count reaches k
     below = int(cum[hi - 1]) if hi > 0 else 0
     if shift == 0:
-        return Threshold(key=hi, ties=k - below)
-    low = torch.zeros(1 << shift, dtype=torch.int64)
-    for keys in iter_keys():
-        keys = keys.reshape(-1)
-        inside = keys[(keys >> shift) == hi]
-        if inside.numel():
-            low += torch.bincount(inside & ((1 << shift) - 1), minlength=1 << shift)
-    cum = low.cumsum(0)
-    lo = int(torch.searchsorted(cum, torch.tensor(k - below)))
-    below += int(cum[lo - 1]) if lo > 0 else 0
-    return Threshold(key=(hi << shift) | lo, ties=k - below)
+        key, at_key = hi, per_tensor[:, hi].tolist()
+    else:
+        low = torch.zeros(count, 1 << shift, dtype=torch.int64)
+        for i, keys in iter_keys():
+            keys = keys.reshape(-1)
+            inside = keys[(keys >> shift) == hi]
+            if inside.numel():
+                low[i] += torch.bincount(inside & ((1 << shift) - 1), minlength=1 << shift).cpu()
+        cum = low.sum(0).cumsum(0)
+        lo = int(torch.searchsorted(cum, torch.tensor(k - below)))
+        below += int(cum[lo - 1]) if lo > 0 else 0
+        key, at_key = (hi << shift) | lo, low[:, lo].tolist()
+    ties, left = [], k - below
+    for n in at_key:
+        ties.append(min(left, n))
+        left -= ties[-1]
+    return Threshold(key=key, ties=tuple(ties))
 
 
-def threshold_mask(x: torch.Tensor, thr: Threshold, bits: int, ties_left: int) -> tuple[torch.Tensor, int]:
-    """Keep-mask of x under `thr`, pruning at most `ties_left` tied elements; returns (mask, ties used)."""
+def threshold_mask(x: torch.Tensor, key: int, ties: int, bits: int) -> torch.Tensor:
+    """Keep-mask of x: prune keys < `key` and the first `ties` elements (row-major) with key == `key`."""
     keep = torch.empty(x.shape, dtype=torch.bool)
     flat = keep.view(-1)
     start = 0
     for keys in iter_key_chunks(x, bits):
         part = flat[start : start + keys.numel()]
-        torch.gt(keys, thr.key, out=part)
-        if ties_left > 0:
-            tied = torch.nonzero(keys == thr.key).view(-1)
-            used = min(ties_left, tied.numel())
+        torch.gt(keys, key, out=part)
+        if ties > 0:
+            tied = torch.nonzero(keys == key).view(-1)
+            used = min(ties, tied.numel())
             part[tied[used:]] = True
-            ties_left -= used
+            ties -= used
         else:
-            part |= keys == thr.key
+            part |= keys == key
         start += keys.numel()
-    return keep, ties_left
+    return keep
 
 
 def smallest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask pruning exactly the k smallest |score| of one tensor (ties: lower index pruned first)."""
     bits = key_bits(score.dtype)
-    thr = kth_threshold(lambda: iter_key_chunks(score, bits), k, bits)
-    keep, _ = threshold_mask(score, thr, bits, thr.ties)
-    return keep
+    thr = kth_threshold(lambda: ((0, c) for c in iter_key_chunks(score, bits)), k, bits)
+    return threshold_mask(score, thr.key, thr.ties[0], bits)
 
 
 def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -147,3 +157,10 @@ def mask_for(score: torch.Tensor, sparsity: float, scope: str = "layer", pattern
     if scope == "row":
         return row_mask(score, sparsity)
     return smallest_k_mask(score, round(sparsity * score.numel()))
+
+
+def satisfies_nm(w: torch.Tensor, n: int, m: int) -> bool:
+    """True when every m consecutive inputs of each row of w (out, in) hold at most n nonzeros."""
+    if w.dim() != 2 or w.shape[1] % m:
+        return False
+    return bool(((w.reshape(-1, m) != 0).sum(1) <= n).all())

@@ -1,0 +1,33 @@
+"""The `llmprune` command: a click group; each subcommand lives in its own small module."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from .. import __version__
+from .common import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="llmprune")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
+def main(verbose: bool) -> None:
+    """Make large language models sparse in one shot, find how far they prune for free, and ship them.
+
+    \b
+    llmprune prune smollm2-135m --sparsity 0.5 -o out     # global one-shot magnitude (OMP)
+    llmprune inspect out                                  # where the zeros are
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def _register() -> None:
+    from .inspect import inspect_cmd
+    from .prune import prune_cmd
+
+    for cmd in (prune_cmd, inspect_cmd):
+        main.add_command(cmd)
+
+
+_register()

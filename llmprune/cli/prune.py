@@ -1,0 +1,60 @@
+"""`llmprune prune`: one-shot pruning of a checkpoint into a new directory."""
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ..config import FORMATS, check_choice
+from ..io import Checkpoint, check_output
+from ..models import resolve_model
+from .common import emit, fmt_pct, json_option, make_config, progress, prune_options
+
+
+@click.command("prune")
+@click.argument("model")
+@prune_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (written atomically).")
+@click.option("--format", "fmt", default="dense", show_default=True, help="dense: zeros kept in place (loads anywhere); sparse: compact bitmask safetensors.")
+@click.option("--calib", default=None, help="Calibration text for wanda/sparsegpt: a .txt/.jsonl file, or c4, wikitext2, pydoc (offline default).")
+@click.option("--calib-samples", type=int, default=None, help="Calibration sequences [default: 128].")
+@click.option("--seqlen", type=int, default=None, help="Tokens per calibration sequence [default: 2048, capped at the model's context].")
+@click.option("--seed", type=int, default=None, help="Seed for calibration sampling [default: 0].")
+@click.option("--device", default=None, help="Where the layer being pruned runs (calibration methods): cpu, cuda, auto.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@json_option
+def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output, fmt, calib, calib_samples, seqlen,
+              seed, device, overwrite, as_json):
+    """Prune MODEL in one shot and save it to OUTPUT.
+
+    MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
+    offline model: smollm2-135m, gemma3-270m.
+
+    \b
+    llmprune prune smollm2-135m --sparsity 0.4 -o omp40            # global OMP (the paper's method)
+    llmprune prune ./my-model --sparsity 0.5 --scope layer -o out  # same fraction in every matrix
+    llmprune prune smollm2-135m --pattern 2:4 -o out24             # N:M
+    """
+    cfg = make_config(method, sparsity, pattern, scope, include, exclude, calib=calib, calib_samples=calib_samples,
+                      seqlen=seqlen, seed=seed, extra={"device": device} if device else {})
+    check_choice("format", fmt, FORMATS)
+    check_output(output, overwrite)
+    from ..prune import prune_checkpoint
+
+    n = len(Checkpoint(resolve_model(model)).names)
+    with progress(n, f"{cfg.describe()}") as step:
+        record = prune_checkpoint(model, output, cfg, overwrite=overwrite, fmt=fmt, step=step)
+    record["output"] = str(output)
+    if as_json:
+        emit(record, True)
+        return
+    s = record["sparsity"]
+    table = Table(title=f"{model} -> {output}  ({cfg.describe()}, {record['timings']['total']:.1f}s)")
+    for col in ("module type", "params", "zeros", "sparsity"):
+        table.add_column(col, justify="left" if col == "module type" else "right")
+    for kind, row in s["by_type"].items():
+        table.add_row(kind, f"{row['params']:,}", f"{row['zeros']:,}", fmt_pct(row["sparsity"]))
+    g = s["global"]
+    table.add_row("[bold]all prunable", f"{g['params']:,}", f"{g['zeros']:,}", f"[bold]{fmt_pct(g['sparsity'])}")
+    emit(record, False, table)
+    if g.get("zeros_before"):
+        click.echo(f"{g['zeros_before']:,} weights were already zero and count as pruned.", err=True)

@@ -1,0 +1,280 @@
+"""Checkpoint files: read tensor by tensor, write shards streaming, publish output directories atomically.
+
+safetensors is a tiny format (8-byte header length, JSON header, raw bytes), so reading and writing it
+here directly keeps memory exact: a read copies one tensor into fresh memory with `readinto` (no mmap
+pages lingering in RSS), and a write lays out the header up front from the known shapes, then appends each
+tensor as it is produced. Old `.bin` checkpoints are read through torch's memory-mapped, weights-only load.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import LlmpruneError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+    start: int = 0  # byte offset inside the file (safetensors only)
+    end: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
+    """Tensor table and metadata of one .safetensors file; a corrupt or truncated file is a user error."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise LlmpruneError(f"Corrupt or truncated shard {path}: shorter than a safetensors header.")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, 100 << 20):
+            raise LlmpruneError(f"Corrupt or truncated shard {path}: header length {n} exceeds the file.")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LlmpruneError(f"Corrupt shard {path}: its header is not valid JSON.") from None
+    meta = header.pop("__metadata__", None) or {}
+    base = 8 + n
+    infos = {}
+    for name, h in header.items():
+        if h.get("dtype") not in DTYPES:
+            raise LlmpruneError(f"Unsupported dtype {h.get('dtype')} for '{name}' in {path}.")
+        start, end = (base + o for o in h["data_offsets"])
+        info = TensorInfo(DTYPES[h["dtype"]], tuple(h["shape"]), path, start, end)
+        if end > size or end - start != info.nbytes:
+            raise LlmpruneError(f"Corrupt or truncated shard {path}: tensor '{name}' lies beyond the end of the file.")
+        infos[name] = info
+    return dict(sorted(infos.items(), key=lambda kv: kv[1].start)), meta
+
+
+class Checkpoint:
+    """A local checkpoint directory (safetensors, sharded or not, or .bin), read one tensor at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.files = weight_files(self.path)
+        self.infos: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, dict] = {}
+        self._bins: dict[Path, dict] = {}
+        for file in self.files:
+            if file.suffix == ".safetensors":
+                infos, meta = read_safetensors_header(file)
+                self.metadata[file.name] = meta
+            else:
+                state = self._load_bin(file)
+                infos = {k: TensorInfo(v.dtype, tuple(v.shape), file) for k, v in state.items() if torch.is_tensor(v)}
+            for k in infos:
+                if k in self.infos:
+                    raise LlmpruneError(f"Tensor '{k}' appears in both {self.infos[k].file.name} and {file.name}.")
+            self.infos.update(infos)
+        self.config = read_config(self.path)
+
+    def _load_bin(self, file: Path) -> dict:
+        if file not in self._bins:
+            try:
+                self._bins[file] = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            except Exception as e:  # torch raises many types for a bad pickle/zip
+                raise LlmpruneError(f"Cannot read checkpoint file {file}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        return self._bins[file]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.infos)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.infos[name]
+
+    def read(self, name: str) -> torch.Tensor:
+        """A fresh (owned, writable) CPU tensor."""
+        info = self.infos[name]
+        if info.file.suffix != ".safetensors":
+            return self._load_bin(info.file)[name].clone()
+        buf = torch.empty(info.end - info.start, dtype=torch.uint8)
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            got = f.readinto(memoryview(buf.numpy()))
+        if got != buf.numel():
+            raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
+        return buf.view(info.dtype).reshape(info.shape)
+
+    def by_file(self) -> dict[Path, list[str]]:
+        out: dict[Path, list[str]] = {}
+        for name, info in self.infos.items():
+            out.setdefault(info.file, []).append(name)
+        return out
+
+
+def read_config(path: Path) -> dict:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        raise LlmpruneError(f"{path} has no config.json: a model directory needs config.json and weight files.")
+    return json.loads(cfg.read_text())
+
+
+def weight_files(path: Path) -> list[Path]:
+    """Weight files of a checkpoint directory, in index order when an index exists."""
+    for index in INDEX_FILES:
+        if (path / index).exists():
+            weight_map = json.loads((path / index).read_text()).get("weight_map", {})
+            files = list(dict.fromkeys(weight_map.values()))
+            missing = [f for f in files if not (path / f).exists()]
+            if missing:
+                raise LlmpruneError(f"{path} is incomplete: {index} lists missing shard(s) {', '.join(missing[:3])}.")
+            return [path / f for f in files]
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise LlmpruneError(f"{path} has no weights: expected *.safetensors (sharded or not) or *.bin files.")
+    return files
+
+
+def output_file_name(src: Path) -> str:
+    """model-00001-of-00002.safetensors stays; pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors."""
+    name = src.name
+    if src.suffix != ".safetensors":
+        name = name.replace("pytorch_model", "model").rsplit(".", 1)[0] + ".safetensors"
+    return name
+
+
+class ShardWriter:
+    """Writes one safetensors file, appending tensors as they are produced (names declared up front).
+
+    Header space is reserved from the declared names, data is appended, and the real header (padded with
+    spaces, which the format allows) is written last, so shapes need not be known in advance (compact
+    sparse tensors). Nothing is held in memory but the tensor being written.
+    """
+
+    def __init__(self, path: Path, names: list[str], metadata: dict | None = None):
+        self.path = Path(path)
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+        reserve = 64 + len(json.dumps(self.metadata)) + sum(len(json.dumps(n)) + 200 for n in names)
+        self._reserve = reserve + (-reserve % 8)
+        self._names = list(names)
+        self._header: dict[str, dict] = {}
+        self._offset = 0
+        self._file = open(self.path, "wb")
+        self._io(self._file.write, b"\0" * (8 + self._reserve))
+
+    def _io(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as e:
+            self._file.close()
+            if e.errno == errno.ENOSPC:
+                raise LlmpruneError(f"Disk full while writing {self.path}; free space and rerun (nothing was published).") from None
+            raise
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        i = len(self._header)
+        if i >= len(self._names) or self._names[i] != name:
+            raise ValueError(f"{self.path.name}: '{name}' written out of the declared order")
+        t = tensor.detach().contiguous().cpu()
+        data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+        n = t.numel() * t.element_size()
+        self._header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [self._offset, self._offset + n]}
+        self._offset += n
+        self._io(self._file.write, memoryview(data) if n else b"")
+
+    def close(self) -> None:
+        if len(self._header) != len(self._names):
+            raise ValueError(f"{self.path.name}: wrote {len(self._header)} of {len(self._names)} tensors")
+        header = dict(self._header)
+        if self.metadata:
+            header["__metadata__"] = self.metadata
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        if len(blob) > self._reserve:
+            raise ValueError(f"{self.path.name}: header larger than reserved")
+        self._file.seek(0)
+        self._io(self._file.write, self._reserve.to_bytes(8, "little") + blob + b" " * (self._reserve - len(blob)))
+        self._io(self._file.flush)
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    @property
+    def nbytes(self) -> int:
+        return 8 + self._reserve + self._offset
+
+
+def write_index(out: Path, weight_map: dict[str, str], total_size: int) -> None:
+    if len(set(weight_map.values())) > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+
+
+def copy_aux_files(src: Path, dst: Path) -> None:
+    """Copy config, tokenizer and generation files: every top-level file that is not weights or an index."""
+    for f in sorted(Path(src).iterdir()):
+        if f.is_file() and f.suffix not in WEIGHT_SUFFIXES and f.name not in INDEX_FILES and f.suffix != ".gguf":
+            shutil.copyfile(f, dst / f.name)
+
+
+def partial_path(final: Path) -> Path:
+    return final.with_name(final.name + ".partial")
+
+
+def check_output(final: str | Path, overwrite: bool) -> Path:
+    """Fail early (before loading anything) when the output exists and --overwrite was not given."""
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise LlmpruneError(f"Output {final} already exists; pass --overwrite to replace it, or choose another -o.")
+    if final.exists() and not final.is_dir():
+        raise LlmpruneError(f"Output {final} exists and is not a directory; remove it or choose another -o.")
+    return final
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False, keep_partial: bool = False):
+    """Yield `<final>.partial`; publish it as `final` only when the block completes.
+
+    On any error (Ctrl-C included) the partial directory is removed, unless `keep_partial` (resumable runs
+    keep their work there); nothing ever appears under the final name half-written.
+    """
+    final = check_output(final, overwrite)
+    work = partial_path(final)
+    if work.exists() and not keep_partial:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    except BaseException:
+        if not keep_partial:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.with_name(final.name + ".old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(work, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(work, final)
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

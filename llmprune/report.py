@@ -1,0 +1,93 @@
+"""Counting zeros: per tensor, then rolled up globally, per decoder layer and per module type."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Row:
+    params: int = 0
+    zeros: int = 0
+    near_zero: int = 0
+    zeros_before: int = 0
+
+    def add(self, other: "Row") -> None:
+        self.params += other.params
+        self.zeros += other.zeros
+        self.near_zero += other.near_zero
+        self.zeros_before += other.zeros_before
+
+    def to_json(self) -> dict:
+        d = {"params": self.params, "zeros": self.zeros, "sparsity": self.zeros / self.params if self.params else 0.0}
+        if self.near_zero:
+            d["near_zero"] = self.near_zero
+        if self.zeros_before:
+            d["zeros_before"] = self.zeros_before
+        return d
+
+
+@dataclass
+class SparsityStats:
+    """Accumulates per-tensor counts; `summary()` is what run.json, inspect and the CLI show."""
+
+    eps: float = 0.0
+    tensors: dict[str, dict] = field(default_factory=dict)
+    total: Row = field(default_factory=Row)
+    by_type: dict[str, Row] = field(default_factory=dict)
+    by_layer: dict[str, Row] = field(default_factory=dict)
+
+    def add(self, name: str, w: torch.Tensor, layer: int | None, mtype: str, zeros_before: int = 0, **extra) -> Row:
+        row = Row(w.numel(), int((w == 0).sum()), int((w.abs() <= self.eps).sum()) if self.eps > 0 else 0, zeros_before)
+        self.total.add(row)
+        self.by_type.setdefault(mtype, Row()).add(row)
+        self.by_layer.setdefault("-" if layer is None else str(layer), Row()).add(row)
+        self.tensors[name] = {"layer": layer, "type": mtype, **row.to_json(), **extra}
+        return row
+
+    def summary(self, tensors: bool = True) -> dict:
+        out = {
+            "global": self.total.to_json(),
+            "by_type": {k: v.to_json() for k, v in sorted(self.by_type.items())},
+            "by_layer": {k: v.to_json() for k, v in sorted(self.by_layer.items(), key=lambda kv: _layer_key(kv[0]))},
+        }
+        if tensors:
+            out["tensors"] = self.tensors
+        return out
+
+
+def _layer_key(k: str):
+    return (0, int(k)) if k.isdigit() else (1, k)
+
+
+def inspect_checkpoint(model: str, eps: float = 0.0, pattern=None, include=(), exclude=(), step=None) -> dict:
+    """Stream a checkpoint and count zeros (and |w| <= eps) of its prunable weights; N:M check if asked."""
+    from .arch import Selector, arch_for
+    from .io import Checkpoint
+    from .methods.masks import satisfies_nm
+    from .models import resolve_model
+
+    ckpt = Checkpoint(resolve_model(model))
+    select = Selector(arch_for(ckpt.config), tuple(include), tuple(exclude))
+    stats = SparsityStats(eps=eps)
+    nm_ok = True
+    for name in ckpt.names:
+        if not select(name, ckpt.info(name).shape):
+            continue
+        w = ckpt.read(name)
+        extra = {}
+        if pattern is not None:
+            extra["nm_ok"] = satisfies_nm(w, pattern.n, pattern.m)
+            nm_ok &= extra["nm_ok"]
+        stats.add(name, w, *select.describe(name), **extra)
+        if step:
+            step(name)
+    summary = stats.summary()
+    summary["model"] = str(model)
+    if eps:
+        summary["eps"] = eps
+    if pattern is not None:
+        summary["pattern"] = {"pattern": str(pattern), "satisfied": nm_ok,
+                              "violating": [n for n, t in stats.tensors.items() if not t["nm_ok"]]}
+    return summary
