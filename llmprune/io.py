@@ -123,6 +123,19 @@ class Checkpoint:
             raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
         return buf.view(info.dtype).reshape(info.shape)
 
+    def iter_bytes(self, name: str, block: int = 16 << 20):
+        """The raw bytes of a safetensors tensor in blocks, so untouched tensors are copied, never materialised."""
+        info = self.infos[name]
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            left = info.end - info.start
+            while left > 0:
+                data = f.read(min(block, left))
+                if not data:
+                    raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
+                left -= len(data)
+                yield data
+
     def by_file(self) -> dict[Path, list[str]]:
         out: dict[Path, list[str]] = {}
         for name, info in self.infos.items():
@@ -199,6 +212,21 @@ class ShardWriter:
         self._header[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [self._offset, self._offset + n]}
         self._offset += n
         self._io(self._file.write, memoryview(data) if n else b"")
+
+    def copy(self, name: str, ckpt: "Checkpoint") -> None:
+        """Copy a tensor unchanged from a checkpoint, block by block (a .bin tensor is loaded instead)."""
+        info = ckpt.info(name)
+        if info.file.suffix != ".safetensors":
+            return self.write(name, ckpt.read(name))
+        i = len(self._header)
+        if i >= len(self._names) or self._names[i] != name:
+            raise ValueError(f"{self.path.name}: '{name}' written out of the declared order")
+        n = info.end - info.start
+        self._header[name] = {"dtype": DTYPE_NAMES[info.dtype], "shape": list(info.shape),
+                              "data_offsets": [self._offset, self._offset + n]}
+        self._offset += n
+        for data in ckpt.iter_bytes(name):
+            self._io(self._file.write, data)
 
     def close(self) -> None:
         if len(self._header) != len(self._names):

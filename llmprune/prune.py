@@ -49,10 +49,15 @@ def check_divisible(named_shapes, cfg: PruneConfig) -> None:
 
 
 def versions() -> dict:
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"llmprune": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    found = {"llmprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for pkg in ("transformers", "safetensors", "accelerate", "lm_eval"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def run_record(model: str, src: Path, cfg: PruneConfig, stats: SparsityStats, timings: dict, **extra) -> dict:
@@ -96,14 +101,17 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
             writer = ShardWriter(work / shard, [o for n in file_names for o in enc.names(n)],
                                  {**ckpt.metadata.get(file.name, {}), **meta})
             for name in file_names:
-                w = ckpt.read(name)
                 if name in targets:
-                    before = int((w == 0).sum())
-                    w.masked_fill_(~mask(name, w), 0)
+                    w = ckpt.read(name)
+                    before = w.numel() - int(torch.count_nonzero(w))
+                    w.masked_fill_(mask(name, w).logical_not_(), 0)
                     stats.add(name, w, *select.describe(name), zeros_before=before)
-                for out_name, t in enc.encode(name, w):
-                    writer.write(out_name, t)
-                    weight_map[out_name] = shard
+                    for out_name, t in enc.encode(name, w):
+                        writer.write(out_name, t)
+                        weight_map[out_name] = shard
+                else:  # untouched (embeddings, norms, ...): bytes copied through, never materialised
+                    writer.copy(name, ckpt)
+                    weight_map[name] = shard
                 if step:
                     step(name)
             writer.close()
@@ -166,9 +174,8 @@ def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor |
             mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
         for name, p in params:
             w = p.data
-            before = int((w == 0).sum())
-            keep = mask(name, w.cpu()).to(w.device)
-            w.masked_fill_(~keep, 0)
+            before = w.numel() - int(torch.count_nonzero(w))
+            w.masked_fill_(mask(name, w.cpu()).to(w.device).logical_not_(), 0)
             stats.add(name, w, *select.describe(name), zeros_before=before)
             if step:
                 step(name)

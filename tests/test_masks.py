@@ -6,7 +6,7 @@ import torch
 
 from llmprune.config import PruneConfig
 from llmprune.methods.magnitude import GlobalMagnitude
-from llmprune.methods.masks import kth_threshold, iter_key_chunks, nm_mask, row_mask, satisfies_nm, smallest_k_mask
+from llmprune.methods.masks import kth_threshold, iter_chunks, nm_mask, row_mask, satisfies_nm, smallest_k_mask
 
 
 def test_nm_hand_written_1x8():
@@ -90,7 +90,7 @@ def test_row_mask_prunes_each_row_equally():
 
 def test_kth_threshold_two_levels_exact():
     x = torch.tensor([1.0, 1.0000001, 1.0000002, 3.0, 0.5])
-    thr = kth_threshold(lambda: ((0, c) for c in iter_key_chunks(x, 31)), 3, 31)
+    thr = kth_threshold(lambda: ((0, c) for c in iter_chunks(x)), 3, 31)
     keep = smallest_k_mask(x, 3)
     assert keep.tolist() == [False, False, True, True, False] and thr.ties == (1,)
 

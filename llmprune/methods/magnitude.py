@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..config import PruneConfig
-from .masks import Threshold, iter_key_chunks, key_bits, kth_threshold, mask_for, threshold_mask
+from .masks import Threshold, iter_chunks, key_bits, kth_threshold, mask_for, threshold_mask
 
 
 class GlobalMagnitude:
@@ -31,7 +31,7 @@ class GlobalMagnitude:
 
         def iter_keys():
             for i, name in enumerate(self.names):
-                for chunk in iter_key_chunks(read(name), self.bits):
+                for chunk in iter_chunks(read(name)):
                     yield i, chunk
 
         self.threshold: Threshold = kth_threshold(iter_keys, self.k, self.bits, len(self.names))

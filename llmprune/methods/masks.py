@@ -8,6 +8,8 @@ order (tensor order, then row-major index), which makes the count of zeros exact
 """
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -24,23 +26,31 @@ def key_bits(dtype: torch.dtype) -> int:
 
 
 def magnitude_keys(x: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integer keys (int32, same shape) whose order equals the order of |x|.
+    """Integer keys (same shape; int16 for 15 bits, int32 for 31) whose order equals the order of |x|.
 
     With bits=31 every dtype is first widened to fp32 (exact for fp16/bf16), so tensors of mixed dtypes
     share one key space.
     """
     if bits == 15 and x.dtype in (torch.float16, torch.bfloat16):
-        return x.view(torch.int16).to(torch.int32) & 0x7FFF
+        return x.view(torch.int16) & 0x7FFF
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
     return x.view(torch.int32) & 0x7FFFFFFF
 
 
-def iter_key_chunks(x: torch.Tensor, bits: int) -> Iterable[torch.Tensor]:
-    """Keys of x (flattened, row-major) in chunks of at most CHUNK elements."""
+def iter_chunks(x: torch.Tensor) -> Iterable[torch.Tensor]:
+    """x flattened (row-major) in chunks of at most CHUNK elements."""
     flat = x.reshape(-1)
     for start in range(0, flat.numel(), CHUNK):
-        yield magnitude_keys(flat[start : start + CHUNK], bits)
+        yield flat[start : start + CHUNK]
+
+
+def _high_keys(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """The top 15 bits of the key of |x| as int16: for fp32 the sign-cleared high half-word, read in place."""
+    if bits == 15:
+        return magnitude_keys(x, bits)
+    x = x if x.dtype == torch.float32 else x.to(torch.float32)
+    return x.view(torch.int16)[1::2] & 0x7FFF  # little-endian: odd half-words hold sign, exponent, top mantissa
 
 
 @dataclass(frozen=True)
@@ -51,20 +61,22 @@ class Threshold:
     ties: tuple[int, ...]
 
 
-def kth_threshold(iter_keys: Callable[[], Iterable[tuple[int, torch.Tensor]]], k: int, bits: int, count: int = 1) -> Threshold:
-    """Exact threshold pruning the k smallest keys among `count` tensors.
+def kth_threshold(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]], k: int, bits: int,
+                  count: int = 1) -> Threshold:
+    """Exact threshold pruning the k smallest |values| among `count` tensors.
 
-    `iter_keys()` yields (tensor index, key chunk). 15-bit keys need one pass (a 32,768-bin histogram),
-    31-bit keys two: the high 15 bits, then the low 16 bits inside the bin holding the k-th element. The
-    ties at the threshold go to tensors in index order, so masks do not depend on the order they are made in.
+    `iter_values()` yields (tensor index, flat chunk). 15-bit keys need one pass (a 32,768-bin histogram);
+    31-bit keys two: the high 15 bits, then the low 16 bits of the values inside the bin holding the k-th
+    element. Ties at the threshold go to tensors in index order, so masks do not depend on the order they
+    are made in.
     """
     if k <= 0:
         return Threshold(key=-1, ties=(0,) * count)
-    shift = bits - 15
-    per_tensor = torch.zeros(count, 1 << 15, dtype=torch.int32) if shift == 0 else None
+    assert sys.byteorder == "little"
+    per_tensor = torch.zeros(count, 1 << 15, dtype=torch.int32) if bits == 15 else None
     hist = torch.zeros(1 << 15, dtype=torch.int64)
-    for i, keys in iter_keys():
-        h = torch.bincount((keys >> shift).reshape(-1), minlength=1 << 15).cpu()
+    for i, x in iter_values():
+        h = torch.bincount(_high_keys(x, bits), minlength=1 << 15).cpu()
         hist += h
         if per_tensor is not None:
             per_tensor[i] += h.to(torch.int32)
@@ -74,19 +86,24 @@ def kth_threshold(iter_keys: Callable[[], Iterable[tuple[int, torch.Tensor]]], k
     cum = hist.cumsum(0)
     hi = int(torch.searchsorted(cum, torch.tensor(k)))  # first bin whose cumulative count reaches k
     below = int(cum[hi - 1]) if hi > 0 else 0
-    if shift == 0:
+    if bits == 15:
         key, at_key = hi, per_tensor[:, hi].tolist()
     else:
-        low = torch.zeros(count, 1 << shift, dtype=torch.int64)
-        for i, keys in iter_keys():
-            keys = keys.reshape(-1)
-            inside = keys[(keys >> shift) == hi]
-            if inside.numel():
-                low[i] += torch.bincount(inside & ((1 << shift) - 1), minlength=1 << shift).cpu()
-        cum = low.sum(0).cumsum(0)
+        low = torch.zeros(1 << 16, dtype=torch.int64)
+        inside: dict[int, list[torch.Tensor]] = {}  # per tensor: low half-words of the values in bin `hi`
+        for i, x in iter_values():
+            x = x if x.dtype == torch.float32 else x.to(torch.float32)
+            halves = x.view(torch.int16)
+            sel = (halves[1::2] & 0x7FFF) == hi
+            lows = halves[0::2][sel].to(torch.int32) & 0xFFFF
+            if lows.numel():
+                low += torch.bincount(lows, minlength=1 << 16).cpu()
+                inside.setdefault(i, []).append(lows)
+        cum = low.cumsum(0)
         lo = int(torch.searchsorted(cum, torch.tensor(k - below)))
         below += int(cum[lo - 1]) if lo > 0 else 0
-        key, at_key = (hi << shift) | lo, low[:, lo].tolist()
+        key = (hi << 16) | lo
+        at_key = [sum(int((v == lo).sum()) for v in inside.get(i, [])) for i in range(count)]
     ties, left = [], k - below
     for n in at_key:
         ties.append(min(left, n))
@@ -99,16 +116,17 @@ def threshold_mask(x: torch.Tensor, key: int, ties: int, bits: int) -> torch.Ten
     keep = torch.empty(x.shape, dtype=torch.bool)
     flat = keep.view(-1)
     start = 0
-    for keys in iter_key_chunks(x, bits):
+    for chunk in iter_chunks(x):
+        keys = magnitude_keys(chunk, bits)
         part = flat[start : start + keys.numel()]
-        torch.gt(keys, key, out=part)
         if ties > 0:
+            torch.gt(keys, key, out=part)
             tied = torch.nonzero(keys == key).view(-1)
             used = min(ties, tied.numel())
             part[tied[used:]] = True
             ties -= used
         else:
-            part |= keys == key
+            torch.ge(keys, key, out=part)
         start += keys.numel()
     return keep
 
@@ -116,7 +134,7 @@ def threshold_mask(x: torch.Tensor, key: int, ties: int, bits: int) -> torch.Ten
 def smallest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask pruning exactly the k smallest |score| of one tensor (ties: lower index pruned first)."""
     bits = key_bits(score.dtype)
-    thr = kth_threshold(lambda: ((0, c) for c in iter_key_chunks(score, bits)), k, bits)
+    thr = kth_threshold(lambda: ((0, c) for c in iter_chunks(score)), k, bits)
     return threshold_mask(score, thr.key, thr.ties[0], bits)
 
 
