@@ -36,6 +36,7 @@ class TensorInfo:
     file: Path
     start: int = 0  # byte offset inside the file (safetensors only)
     end: int = 0
+    packed: bool = False  # stored in llmprune's compact sparse format (several raw tensors)
 
     @property
     def nbytes(self) -> int:
@@ -74,7 +75,11 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
 
 
 class Checkpoint:
-    """A local checkpoint directory (safetensors, sharded or not, or .bin), read one tensor at a time."""
+    """A local checkpoint directory (safetensors, sharded or not, or .bin), read one tensor at a time.
+
+    Weights stored in llmprune's compact sparse format appear under their dense name and are unpacked on
+    read, so every command reads dense and sparse outputs alike.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -94,6 +99,23 @@ class Checkpoint:
                     raise LlmpruneError(f"Tensor '{k}' appears in both {self.infos[k].file.name} and {file.name}.")
             self.infos.update(infos)
         self.config = read_config(self.path)
+        self.raw = self.infos
+        if any(k.endswith(".bitmask") for k in self.raw):
+            self.infos = self._logical()
+
+    def _logical(self) -> dict[str, TensorInfo]:
+        from .sparse.format import SUFFIXES, packed_names
+
+        bases = set(packed_names(self.raw))
+        out = {}
+        for name, info in self.raw.items():
+            base, _, suffix = name.rpartition(".")
+            if base not in bases:
+                out[name] = info
+            elif suffix == SUFFIXES[0]:
+                shape = tuple(int(d) for d in self._read_raw(f"{base}.shape"))
+                out[base] = TensorInfo(info.dtype, shape, info.file, info.start, info.end, packed=True)
+        return out
 
     def _load_bin(self, file: Path) -> dict:
         if file not in self._bins:
@@ -111,8 +133,22 @@ class Checkpoint:
         return self.infos[name]
 
     def read(self, name: str) -> torch.Tensor:
-        """A fresh (owned, writable) CPU tensor."""
+        """A fresh (owned, writable) CPU tensor (dense, also for weights stored packed)."""
         info = self.infos[name]
+        if info.packed:
+            from .sparse.format import SUFFIXES, check_parts
+            from .sparse.kernel import dense_weight
+
+            parts = {s: self._read_raw(f"{name}.{s}") for s in SUFFIXES}
+            try:
+                check_parts(parts, deep=True)
+            except ValueError as e:
+                raise LlmpruneError(f"Corrupt sparse weight {name} in {info.file}: {e}") from None
+            return dense_weight(parts)
+        return self._read_raw(name)
+
+    def _read_raw(self, name: str) -> torch.Tensor:
+        info = self.raw[name]
         if info.file.suffix != ".safetensors":
             return self._load_bin(info.file)[name].clone()
         buf = torch.empty(info.end - info.start, dtype=torch.uint8)
@@ -214,9 +250,9 @@ class ShardWriter:
         self._io(self._file.write, memoryview(data) if n else b"")
 
     def copy(self, name: str, ckpt: "Checkpoint") -> None:
-        """Copy a tensor unchanged from a checkpoint, block by block (a .bin tensor is loaded instead)."""
+        """Copy a tensor unchanged from a checkpoint, block by block (.bin or packed tensors are loaded instead)."""
         info = ckpt.info(name)
-        if info.file.suffix != ".safetensors":
+        if info.file.suffix != ".safetensors" or info.packed:
             return self.write(name, ckpt.read(name))
         i = len(self._header)
         if i >= len(self._names) or self._names[i] != name:

@@ -23,10 +23,11 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from .eval import eval_cmd
     from .inspect import inspect_cmd
     from .prune import prune_cmd
 
-    for cmd in (prune_cmd, inspect_cmd):
+    for cmd in (prune_cmd, inspect_cmd, eval_cmd):
         main.add_command(cmd)
 
 

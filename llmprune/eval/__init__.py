@@ -1,0 +1,8 @@
+"""Evaluation: zero-shot MMLU and any lm-eval task on an in-memory model, and windowed perplexity."""
+from .loading import loading_kwargs
+from .lmeval import run_tasks, save_results
+from .mmlu import load_questions, run_mmlu, summarize
+from .ppl import Perplexity, perplexity
+
+__all__ = ["loading_kwargs", "run_tasks", "save_results", "load_questions", "run_mmlu", "summarize",
+           "Perplexity", "perplexity"]

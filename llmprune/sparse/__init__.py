@@ -1,0 +1,10 @@
+"""Compact sparse weights: the packed checkpoint format, CPU kernels over it, and SparseLinear.
+
+Importing builds nothing; the C kernel is compiled on the first call that needs it.
+"""
+from .format import FORMAT_NAME, FORMAT_VERSION, pack, packed_names, sparsity_config, unpack
+from .linear import SparseLinear, swap_linears_
+from .writer import SparseEncoder, load_sparse_model
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SparseEncoder", "SparseLinear", "load_sparse_model", "pack",
+           "packed_names", "sparsity_config", "swap_linears_", "unpack"]

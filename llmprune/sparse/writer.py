@@ -1,0 +1,79 @@
+"""Writing and reading checkpoints in the compact sparse format (`prune --format sparse`).
+
+`SparseEncoder` plugs into the prune writers (llmprune.prune, llmprune.engine): pruned target weights
+become `<name>.values/.bitmask/.row_offsets/.shape` (see format.py), every other tensor is written as is,
+and config.json gets a `sparsity_config` entry saying so. `load_sparse_model` reads such a directory back
+into a transformers model: dense weights (bit-exact, -0.0 as +0.0) or, with sparse_kernels=True, the
+packed weights kept packed in SparseLinear modules.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import LlmpruneError
+from .format import DTYPES, SUFFIXES, pack, sparsity_config
+
+
+class SparseEncoder:
+    """Encoder for the prune writers: names() declares each tensor's outputs, encode() yields them in order."""
+
+    def __init__(self, targets: set[str]):
+        self.targets = set(targets)
+
+    def names(self, name: str) -> list[str]:
+        return [f"{name}.{s}" for s in SUFFIXES] if name in self.targets else [name]
+
+    def encode(self, name: str, w: torch.Tensor):
+        if name not in self.targets:
+            yield name, w
+            return
+        if w.dim() != 2 or w.dtype not in DTYPES:
+            raise LlmpruneError(f"Cannot write {name} ({w.dtype}, shape {tuple(w.shape)}) in the sparse format: it "
+                                f"packs 2-D float32/float16/bfloat16 weights; use --format dense or --exclude it.")
+        parts = pack(w)
+        for suffix in SUFFIXES:
+            yield f"{name}.{suffix}", parts[suffix]
+
+    def finish(self, work: Path, ckpt, cfg) -> None:
+        """Add `sparsity_config` to work/config.json (written from the source config if it was not copied)."""
+        path = Path(work) / "config.json"
+        config = json.loads(path.read_text()) if path.exists() else dict(ckpt.config)
+        config["sparsity_config"] = sparsity_config(cfg.pattern, cfg.target_sparsity, modules=self.targets,
+                                                    method=cfg.method)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint directory, packed weights unpacked to dense (validated first)."""
+    from ..io import Checkpoint
+
+    ckpt = Checkpoint(Path(path))
+    return {name: ckpt.read(name) for name in ckpt.names}
+
+
+def load_sparse_model(path: str | Path, cls, dtype=None, sparse_kernels: bool = False, **kwargs):
+    """A transformers model (class `cls`, e.g. AutoModelForCausalLM) from a compact sparse checkpoint.
+
+    dtype: None/"auto" keeps the checkpoint's dtype. sparse_kernels=True keeps packed bf16/fp16 linear
+    weights packed in SparseLinear modules (CPU kernel for decoding, ~0.56x the memory at 50%); with it
+    the weights are unpacked once while the model is built, then repacked.
+    """
+    from transformers import AutoConfig
+
+    from .linear import swap_linears_
+
+    dense = read_state_dict(path)
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(cls, "_model_mapping"):  # an Auto class: from_pretrained(None, ...) needs the concrete one
+        cls = cls._model_mapping[type(config)]
+    model = cls.from_pretrained(None, config=config, state_dict=dense, dtype=dtype or "auto", **kwargs)
+    if sparse_kernels:
+        with open(Path(path) / "config.json") as f:
+            modules = json.load(f).get("sparsity_config", {}).get("modules", [])
+        linears = [m.rsplit(".", 1)[0] for m in modules if m.endswith(".weight")]
+        present = {n for n, _ in model.named_modules()}
+        swap_linears_(model, names=[n for n in linears if n in present], min_sparsity=0.0)
+    return model
