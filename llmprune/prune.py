@@ -19,9 +19,10 @@ from . import __version__
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .io import Checkpoint, ShardWriter, atomic_dir, check_output, copy_aux_files, output_file_name, write_index
+from .io import Checkpoint, atomic_dir, check_output, copy_aux_files
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .models import resolve_model
+from .output import encoder, write_checkpoint  # noqa: F401  (encoder: used by the engine)
 from .report import SparsityStats
 
 Step = Callable[[str], None]
@@ -90,66 +91,33 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
 
     t2 = time.perf_counter()
     stats = SparsityStats()
-    meta = {"format": "pt", "llmprune_version": __version__, "method": cfg.method,
-            "sparsity": str(cfg.pattern or cfg.sparsity), "scope": cfg.scope}
+
+    def produce(name: str) -> torch.Tensor:
+        w = ckpt.read(name)
+        before = w.numel() - int(torch.count_nonzero(w))
+        w.masked_fill_(mask(name, w).logical_not_(), 0)
+        stats.add(name, w, *select.describe(name), zeros_before=before)
+        return w
+
     with atomic_dir(out, overwrite) as work:
         copy_aux_files(src, work)
-        weight_map, total = {}, 0
-        for file, file_names in ckpt.by_file().items():
-            enc = encoder(fmt, targets)
-            shard = output_file_name(file)
-            writer = ShardWriter(work / shard, [o for n in file_names for o in enc.names(n)],
-                                 {**ckpt.metadata.get(file.name, {}), **meta})
-            for name in file_names:
-                if name in targets:
-                    w = ckpt.read(name)
-                    before = w.numel() - int(torch.count_nonzero(w))
-                    w.masked_fill_(mask(name, w).logical_not_(), 0)
-                    stats.add(name, w, *select.describe(name), zeros_before=before)
-                    for out_name, t in enc.encode(name, w):
-                        writer.write(out_name, t)
-                        weight_map[out_name] = shard
-                else:  # untouched (embeddings, norms, ...): bytes copied through, never materialised
-                    writer.copy(name, ckpt)
-                    weight_map[name] = shard
-                if step:
-                    step(name)
-            writer.close()
-            total += writer.nbytes
-        write_index(work, weight_map, total)
-        enc.finish(work, ckpt, cfg)
+        total = write_checkpoint(ckpt, work, set(names), fmt, output_metadata(cfg), produce, cfg, step)
         timings["write"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
-        record = run_record(model, src, cfg, stats, timings, format=fmt, output_bytes=total,
-                            input_bytes=sum(f.stat().st_size for f in ckpt.files))
+        record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total))
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-class DenseEncoder:
-    """Writes tensors as they are (pruned weights hold zeros)."""
-
-    def __init__(self, targets: set[str]):
-        self.targets = targets
-
-    def names(self, name: str) -> list[str]:
-        return [name]
-
-    def encode(self, name: str, w: torch.Tensor):
-        yield name, w
-
-    def finish(self, work: Path, ckpt: Checkpoint, cfg: PruneConfig) -> None:
-        pass
+def output_metadata(cfg: PruneConfig) -> dict:
+    """What the safetensors metadata of every output shard records about the run."""
+    return {"method": cfg.method, "sparsity": str(cfg.pattern or cfg.sparsity), "scope": cfg.scope}
 
 
-def encoder(fmt: str, targets: set[str]):
-    if fmt == "dense":
-        return DenseEncoder(targets)
-    if fmt == "sparse":
-        from .sparse.writer import SparseEncoder
-
-        return SparseEncoder(targets)
-    raise LlmpruneError(f"Unknown format '{fmt}'. Available: dense, sparse")
+def sizes(ckpt: Checkpoint, output_bytes: int) -> dict:
+    """Input and output bytes on disk and their ratio (the compact format's saving)."""
+    input_bytes = sum(f.stat().st_size for f in ckpt.files)
+    return {"input_bytes": input_bytes, "output_bytes": output_bytes, "size_ratio": output_bytes / input_bytes}
 
 
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,

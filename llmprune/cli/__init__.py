@@ -23,11 +23,12 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from .convert import convert_cmd
     from .eval import eval_cmd
     from .inspect import inspect_cmd
     from .prune import prune_cmd
 
-    for cmd in (prune_cmd, inspect_cmd, eval_cmd):
+    for cmd in (prune_cmd, inspect_cmd, eval_cmd, convert_cmd):
         main.add_command(cmd)
 
 

@@ -41,6 +41,8 @@ def _batch_size(text: str) -> int | str:
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 [default: the checkpoint's].")
 @click.option("--load-in-8bit", is_flag=True, help="Load weights 8-bit with bitsandbytes (CUDA only).")
 @click.option("--load-in-4bit", is_flag=True, help="Load weights 4-bit with bitsandbytes (CUDA only).")
+@click.option("--sparse-kernels", is_flag=True, help="Run pruned linears on sparse kernels: 2:4 semi-structured on CUDA, "
+              "llmprune's bitmask kernels on CPU (bf16/fp16 weights).")
 @_prune_options
 @click.option("--calib", default=None, help="Calibration text for wanda/sparsegpt: pydoc (default), c4, wikitext2 or a file.")
 @click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration sequences.")
@@ -48,7 +50,7 @@ def _batch_size(text: str) -> int | str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Save lm-eval's own results JSON here.")
 @json_option
 def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqlen, device, dtype, load_in_8bit,
-             load_in_4bit, method, sparsity, pattern, scope, include, exclude, calib, calib_samples, seed, output, as_json):
+             load_in_4bit, sparse_kernels, method, sparsity, pattern, scope, include, exclude, calib, calib_samples, seed, output, as_json):
     """Evaluate MODEL on TASKS: mmlu, ppl, or comma-separated lm-eval task names (hellaswag,arc_easy).
 
     MMLU is zero-shot with lm-eval's own prompt and `acc` (numbers equal `lm_eval --tasks mmlu`), averaged
@@ -95,6 +97,11 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
     record: dict = {"model": model, "tasks": {}}
     if cfg is not None:
         record["prune"], record["sparsity"] = cfg.to_json(), _prune(lm, tok, cfg)
+    if sparse_kernels:
+        from ..sparse.semi import use_sparse_kernels_
+
+        record["sparse_kernels"] = use_sparse_kernels_(lm)
+        stderr.print(record["sparse_kernels"])
     if "ppl" in names:
         from ..data import load_text
         from ..eval.ppl import perplexity

@@ -41,8 +41,13 @@ class SparseEncoder:
         """Add `sparsity_config` to work/config.json (written from the source config if it was not copied)."""
         path = Path(work) / "config.json"
         config = json.loads(path.read_text()) if path.exists() else dict(ckpt.config)
-        config["sparsity_config"] = sparsity_config(cfg.pattern, cfg.target_sparsity, modules=self.targets,
-                                                    method=cfg.method)
+        if cfg is None:  # `convert`: keep what the source's own run recorded, if anything
+            run = Path(ckpt.path) / "run.json"
+            cfg_json = json.loads(run.read_text()).get("config", {}) if run.exists() else {}
+            pattern, sparsity, method = cfg_json.get("pattern"), cfg_json.get("sparsity"), cfg_json.get("method")
+        else:
+            pattern, sparsity, method = cfg.pattern, cfg.target_sparsity, cfg.method
+        config["sparsity_config"] = sparsity_config(pattern, sparsity, modules=self.targets, method=method)
         path.write_text(json.dumps(config, indent=2) + "\n")
 
 
