@@ -179,6 +179,30 @@ class Checkpoint:
         return out
 
 
+class ReadAhead:
+    """`read(name)` that, asked for the names in a known order, reads the next one on a background thread.
+
+    File reads release the GIL, so the next tensor's I/O overlaps the current tensor's maths; at most one
+    extra tensor is held. Names asked out of order are simply read.
+    """
+
+    def __init__(self, read, order):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._read, self._order = read, list(order)
+        self._next = {n: self._order[i + 1] for i, n in enumerate(self._order[:-1])}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmprune-read")
+        self._pending: dict = {}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        fut = self._pending.pop(name, None)
+        self._pending.clear()  # a prefetch for another name is stale: drop it
+        nxt = self._next.get(name)
+        if nxt is not None:
+            self._pending[nxt] = self._pool.submit(self._read, nxt)
+        return fut.result() if fut is not None else self._read(name)
+
+
 def read_config(path: Path) -> dict:
     cfg = path / "config.json"
     if not cfg.exists():

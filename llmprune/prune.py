@@ -19,7 +19,7 @@ from . import __version__
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .io import Checkpoint, atomic_dir, check_output, copy_aux_files
+from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .models import resolve_model
 from .output import encoder, write_checkpoint  # noqa: F401  (encoder: used by the engine)
@@ -83,7 +83,7 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
     t1 = time.perf_counter()
     targets = set(names)
     if cfg.pattern is None and cfg.scope == "global":
-        mask = GlobalMagnitude(names, ckpt.read, (ckpt.info(n).dtype for n in names),
+        mask = GlobalMagnitude(names, ReadAhead(ckpt.read, sorted(names)), (ckpt.info(n).dtype for n in names),
                                sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity).mask
     else:
         mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
@@ -92,8 +92,10 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
     t2 = time.perf_counter()
     stats = SparsityStats()
 
+    read = ReadAhead(ckpt.read, names)  # names are in file order, the order the writer asks for them
+
     def produce(name: str) -> torch.Tensor:
-        w = ckpt.read(name)
+        w = read(name)
         before = w.numel() - int(torch.count_nonzero(w))
         w.masked_fill_(mask(name, w).logical_not_(), 0)
         stats.add(name, w, *select.describe(name), zeros_before=before)

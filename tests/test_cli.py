@@ -124,3 +124,13 @@ def test_crash_mid_write_leaves_nothing(tiny_dir, tmp_path, monkeypatch):
     r = run("prune", tiny_dir, "-o", tmp_path / "o")
     assert r.exit_code != 0
     assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_unknown_repo_id_offline(tmp_path):
+    r = run("prune", "no-such-owner/no-such-model-xyz", "-o", tmp_path / "o")
+    assert_error(r, "Cannot get 'no-such-owner/no-such-model-xyz'", "local directory")
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    (tmp_path / "weights.txt").write_text("hello")
+    assert_error(run("inspect", tmp_path / "weights.txt"), ".gguf", "smollm2-135m")
