@@ -23,12 +23,14 @@ def main(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from .analyze import analyze_cmd
     from .convert import convert_cmd
     from .eval import eval_cmd
     from .inspect import inspect_cmd
     from .prune import prune_cmd
+    from .push import push_cmd
 
-    for cmd in (prune_cmd, inspect_cmd, eval_cmd, convert_cmd):
+    for cmd in (prune_cmd, inspect_cmd, eval_cmd, convert_cmd, push_cmd, analyze_cmd):
         main.add_command(cmd)
 
 

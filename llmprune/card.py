@@ -1,0 +1,203 @@
+"""The model card (README.md with the Hub's YAML metadata) for a pruned output directory.
+
+Everything comes from files in the directory, each optional except `run.json`:
+- `run.json` (written by `llmprune prune`): method, pattern, scope, calibration, achieved sparsity (global and
+  per module type), llmprune version, the command line, format and sizes;
+- `eval*.json` (`llmprune eval ... --json > DIR/eval.json`): perplexity and MMLU (overall, per category);
+- `summary.json` (`llmprune sweep`): the essential-sparsity knee per method/task/metric; `sweep.png` its plot,
+  `sweep.csv` its table (linked when present).
+Files that are absent or unreadable are skipped; the card says what it could not read.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+# Built-in model names -> the Hub repos their weights come from (a card's base_model must be a Hub id).
+BUILTIN_BASE = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m",
+                "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
+PIPELINES = {"AutoModelForCausalLM": "text-generation", "AutoModelForMaskedLM": "fill-mask",
+             "AutoModelForImageClassification": "image-classification", "AutoModelForImageTextToText": "image-text-to-text"}
+
+
+def base_model_id(model: str | None) -> str | None:
+    """The Hub id a run started from: a built-in's source repo, an `owner/name` id, else None (local path)."""
+    if not model:
+        return None
+    if model in BUILTIN_BASE:
+        return BUILTIN_BASE[model]
+    import re
+
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith((".", "/")) and not Path(model).exists():
+        return model
+    return None
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "n/a"
+
+
+def _command(argv) -> str:
+    if isinstance(argv, list) and argv:
+        return shlex.join(["llmprune" if Path(argv[0]).name in ("llmprune", "__main__.py") else Path(argv[0]).name, *argv[1:]])
+    return str(argv or "n/a")
+
+
+def read_extras(folder: Path) -> dict:
+    """{"evals": {file: record}, "summary": dict | None, "sweep_png": bool, "sweep_csv": bool, "unreadable": [...]}."""
+    folder = Path(folder)
+    evals, unreadable = {}, []
+    for f in sorted(folder.glob("eval*.json")):
+        rec = _json(f)
+        if rec is not None and isinstance(rec.get("tasks"), dict):
+            evals[f.name] = rec
+        else:
+            unreadable.append(f.name)
+    summary = None
+    if (folder / "summary.json").exists():
+        summary = _json(folder / "summary.json")
+        if summary is None or not isinstance(summary.get("knees"), list):
+            unreadable.append("summary.json")
+            summary = None
+    return {"evals": evals, "summary": summary, "sweep_png": (folder / "sweep.png").exists(),
+            "sweep_csv": (folder / "sweep.csv").exists(), "unreadable": unreadable}
+
+
+def card_metadata(run: dict, config: dict, base_model: str | None = None) -> dict:
+    """The YAML front matter: base_model (when known), library_name, tags, pipeline_tag."""
+    from .arch import arch_for
+    from .errors import LlmpruneError
+
+    cfg = run.get("config", {})
+    tags = ["sparse", "pruned", "llmprune", str(cfg.get("method", "magnitude"))]
+    if cfg.get("pattern"):
+        tags.append(f"{cfg['pattern'].replace(':', '-')}-sparsity")
+    meta: dict = {}
+    base = base_model or base_model_id(run.get("model"))
+    if base:
+        meta["base_model"] = base
+    meta["library_name"] = "transformers"
+    meta["tags"] = tags
+    try:
+        pipeline = PIPELINES.get(arch_for(config).auto_class)
+    except LlmpruneError:
+        pipeline = None
+    if pipeline:
+        meta["pipeline_tag"] = pipeline
+    return meta
+
+
+def _yaml(meta: dict) -> str:
+    lines = []
+    for k, v in meta.items():
+        if isinstance(v, list):
+            lines.append(f"{k}:")
+            lines += [f"- {json.dumps(x)}" for x in v]
+        else:
+            lines.append(f"{k}: {json.dumps(v)}")
+    return "\n".join(lines)
+
+
+def model_card(run: dict, config: dict, extras: dict | None = None, repo_id: str | None = None,
+               base_model: str | None = None) -> str:
+    """README.md text for a pruned model: YAML metadata, what was done, achieved sparsity, results."""
+    extras = extras or {"evals": {}, "summary": None, "sweep_png": False, "sweep_csv": False, "unreadable": []}
+    cfg, sp = run.get("config", {}), run.get("sparsity", {})
+    meta = card_metadata(run, config, base_model)
+    method = cfg.get("method", "magnitude")
+    target = cfg.get("pattern") or (f"{_pct(cfg.get('sparsity'))} unstructured, scope {cfg.get('scope', 'global')}")
+    g = sp.get("global", {})
+    fmt = run.get("format", "dense")
+    title = repo_id or (Path(run.get("model", "model")).name + f"-{method}-pruned")
+    out = ["---", _yaml(meta), "---", "", f"# {title}", ""]
+    src = f"[{meta['base_model']}](https://huggingface.co/{meta['base_model']})" if "base_model" in meta else f"`{run.get('model')}`"
+    out += [f"{src} pruned one-shot with [llmprune](https://pypi.org/project/llmprune/) ({method}, {target}): "
+            f"**{_pct(g.get('sparsity'))}** of the prunable weights (the linear layers of the decoder blocks) are zero.", ""]
+    if fmt != "dense":
+        out += [f"Weights are stored in llmprune's compact sparse format (`{fmt}`); load them with "
+                "`llmprune.models.load_model(path)` (plain transformers cannot read this format).", ""]
+    else:
+        out += ["Weights are stored dense (zeros included); load with `AutoModel*.from_pretrained` as usual.", ""]
+    out += ["## How it was made", "", "| setting | value |", "|---|---|",
+            f"| method | {method} |", f"| target | {target} |",
+            f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / {', '.join(cfg.get('exclude') or []) or '-'} |"]
+    if method != "magnitude":
+        out.append(f"| calibration | {cfg.get('calib') or 'pydoc'} (train split), {cfg.get('calib_samples')} samples x "
+                   f"{cfg.get('seqlen')} tokens, seed {cfg.get('seed')} |")
+    else:
+        out.append("| calibration | none (magnitude pruning is data-free) |")
+    out += [f"| format | {fmt} |", f"| llmprune version | {run.get('llmprune_version', 'n/a')} |",
+            f"| versions | {', '.join(f'{k} {v}' for k, v in (run.get('versions') or {}).items()) or 'n/a'} |"]
+    if run.get("output_bytes"):
+        out.append(f"| size on disk | {run['output_bytes'] / 2**20:,.1f} MiB ({run.get('size_ratio', 1):.2f}x the input) |")
+    out += ["", "Command:", "", "```", _command(run.get("command")), "```", ""]
+    out += ["## Achieved sparsity", "", "| module type | parameters | zeros | sparsity |", "|---|---:|---:|---:|"]
+    for t, row in (sp.get("by_type") or {}).items():
+        out.append(f"| {t} | {row.get('params', 0):,} | {row.get('zeros', 0):,} | {_pct(row.get('sparsity'))} |")
+    out += [f"| **all prunable** | {g.get('params', 0):,} | {g.get('zeros', 0):,} | **{_pct(g.get('sparsity'))}** |", ""]
+    if g.get("zeros_before"):
+        out += [f"{g['zeros_before']:,} of these weights were already zero in the source checkpoint and count as pruned.", ""]
+    out += _eval_section(extras) + _sweep_section(extras)
+    if extras["unreadable"]:
+        out += [f"_Not summarised (unreadable or unknown layout): {', '.join(extras['unreadable'])}._", ""]
+    out += ["## Reference", "", "Pruning as in Jaiswal et al., *The Emergence of Essential Sparsity in Large Pre-trained "
+            "Models: The Weights that Matter* (NeurIPS 2023).", ""]
+    return "\n".join(out)
+
+
+def _eval_section(extras: dict) -> list[str]:
+    if not extras["evals"]:
+        return []
+    out = ["## Evaluation", ""]
+    for fname, rec in extras["evals"].items():
+        out.append(f"From `{fname}`" + (f" (model `{rec['model']}`)" if rec.get("model") else "") + ":")
+        out += ["", "| task | metric | value | n |", "|---|---|---:|---:|"]
+        for task, res in rec["tasks"].items():
+            if not isinstance(res, dict):
+                continue
+            if task == "ppl" and "ppl" in res:
+                out.append(f"| perplexity | {res.get('data', 'pydoc')}, seqlen {res.get('seqlen', '?')} | {res['ppl']:.3f} | "
+                           f"{res.get('tokens', 0):,} tokens |")
+            elif task == "mmlu" and "accuracy" in res:
+                out.append(f"| MMLU | accuracy | {_pct(res['accuracy'])} | {res.get('questions', '')} |")
+                for c, v in (res.get("categories") or {}).items():
+                    out.append(f"| MMLU: {c} | accuracy | {_pct(v.get('accuracy'))} | {v.get('questions', '')} |")
+            else:
+                for metric, v in res.items():
+                    if isinstance(v, (int, float)) and "stderr" not in metric:
+                        out.append(f"| {task} | {metric.replace(',none', '')} | {v:.4f} | |")
+        out.append("")
+    return out
+
+
+def _sweep_section(extras: dict) -> list[str]:
+    s = extras["summary"]
+    if s is None and not extras["sweep_png"]:
+        return []
+    out = ["## Essential sparsity (sweep)", ""]
+    if s is not None:
+        eps = s.get("epsilon")
+        out += [f"The knee is the largest sparsity whose drop from dense stays within epsilon = {eps} "
+                "(accuracy: points; perplexity: relative).", "",
+                "| method | task | metric | dense | knee sparsity | drop at knee | first level out |", "|---|---|---|---:|---:|---:|---:|"]
+        for k in s["knees"]:
+            nxt = "none (censored)" if k.get("censored") else f"{_pct(k.get('next_sparsity'))}"
+            dense = k.get("dense")
+            out.append(f"| {k.get('method')} | {k.get('task')} | {k.get('metric')} | "
+                       f"{dense:.4g} | {_pct(k.get('sparsity'))} | {k.get('drop', 0):.4g} | {nxt} |" if isinstance(dense, (int, float))
+                       else f"| {k.get('method')} | {k.get('task')} | {k.get('metric')} | n/a | {_pct(k.get('sparsity'))} | | {nxt} |")
+        out.append("")
+    if extras["sweep_png"]:
+        out += ["![Performance against sparsity; the knee marks the essential sparsity](sweep.png)", ""]
+    if extras["sweep_csv"]:
+        out += ["All points: [sweep.csv](sweep.csv).", ""]
+    return out
