@@ -70,12 +70,13 @@ def copy_baseline(src: Path, dst: Path) -> float:
     return time.perf_counter() - t0
 
 
-def prune_run(model: str, out: Path) -> tuple[float, int]:
+def prune_run(model: str, out: Path, threads: int = 1) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of `llmprune prune MODEL --sparsity 0.5` in a fresh process."""
     code = ("import sys, time; from llmprune.cli import main; t=time.perf_counter();\n"
             "try: main(sys.argv[1:])\nexcept SystemExit: pass\n"
             f"print('BENCH', time.perf_counter()-t, {PEAK_RSS}, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, "prune", model, "--sparsity", "0.5", "-o", str(out), "--overwrite"],
+    r = subprocess.run([sys.executable, "-c", code, "prune", model, "--sparsity", "0.5", "-o", str(out), "--overwrite",
+                        "--threads", str(threads)],
                        capture_output=True, text=True)
     line = [x for x in r.stderr.splitlines() if x.startswith("BENCH")]
     if r.returncode or not line:
@@ -101,10 +102,12 @@ def bench(label: str, model: str, src: Path, work: Path) -> None:
     prune_run(model, work / "warm")  # page cache warm for both sides
     base = copy_baseline(src, work / "copy")
     secs, rss = prune_run(model, work / "pruned")
-    base2 = copy_baseline(src, work / "copy")  # bracket the prune to smooth out noise
+    secs2, _ = prune_run(model, work / "pruned", threads=0)  # torch's default thread count, for comparison
+    base2 = copy_baseline(src, work / "copy")  # bracket the prunes to smooth out noise
     base = (base + base2) / 2
     print(f"{label}: {size / 1e9:.2f} GB, largest tensor {largest / 1e6:.0f} MB")
     print(f"  read+write baseline {base:.2f} s | prune 0.5 {secs:.2f} s | ratio {secs / base:.2f} (target <= 1.3)")
+    print(f"  with torch's default threads ({torch.get_num_threads()}): prune {secs2:.2f} s | ratio {secs2 / base:.2f}")
     print(f"  peak RSS {rss / 1e6:.0f} MB | / largest tensor {rss / largest:.2f} (target <= 3) | "
           f"python+torch+llmprune imports alone {import_rss() / 1e6:.0f} MB")
     for d in ("warm", "copy", "pruned"):

@@ -41,3 +41,22 @@ def save_tiny(arch: str, path: Path, dtype=torch.float32, max_shard_size: str | 
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(path, **kwargs)
     return Path(path)
+
+
+def byte_tokenizer():
+    """A real fast tokenizer with a 256-symbol byte-level vocabulary (matches the tiny models' vocab_size)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[10], pad_token=alphabet[0])
+
+
+def save_tiny_lm(arch: str, path: Path, **kwargs) -> Path:
+    """`save_tiny` plus the byte-level tokenizer, for commands that tokenize (calibration, evaluation)."""
+    save_tiny(arch, path, **kwargs)
+    byte_tokenizer().save_pretrained(path)
+    return Path(path)

@@ -29,8 +29,9 @@ def _register() -> None:
     from .inspect import inspect_cmd
     from .prune import prune_cmd
     from .push import push_cmd
+    from .sweep import plot_cmd, sweep_cmd
 
-    for cmd in (prune_cmd, inspect_cmd, eval_cmd, convert_cmd, push_cmd, analyze_cmd):
+    for cmd in (prune_cmd, inspect_cmd, eval_cmd, sweep_cmd, plot_cmd, convert_cmd, push_cmd, analyze_cmd):
         main.add_command(cmd)
 
 

@@ -72,7 +72,7 @@ class Group(click.Group):
         except LlmpruneError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            stderr.print("Interrupted: nothing was published under the output name.")
+            stderr.print("Interrupted: nothing was published under the output name (calibrated runs resume when rerun with the same arguments).")
             sys.exit(130)
 
 

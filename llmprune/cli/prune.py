@@ -20,10 +20,12 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
 @click.option("--seqlen", type=int, default=None, help="Tokens per calibration sequence [default: 2048, capped at the model's context].")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling [default: 0].")
 @click.option("--device", default=None, help="Where the layer being pruned runs (calibration methods): cpu, cuda, auto.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for magnitude pruning "
+              "(memory-bound; file reads already overlap on a background thread). 0: torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
 def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output, fmt, calib, calib_samples, seqlen,
-              seed, device, overwrite, as_json):
+              seed, device, threads, overwrite, as_json):
     """Prune MODEL in one shot and save it to OUTPUT.
 
     MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
@@ -42,7 +44,7 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
 
     n = len(Checkpoint(resolve_model(model)).names)
     with progress(n, f"{cfg.describe()}") as step:
-        record = prune_checkpoint(model, output, cfg, overwrite=overwrite, fmt=fmt, step=step)
+        record = prune_checkpoint(model, output, cfg, overwrite=overwrite, fmt=fmt, step=step, threads=threads or None)
     record["output"] = str(output)
     if as_json:
         emit(record, True)

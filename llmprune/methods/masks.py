@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -63,16 +63,24 @@ class Threshold:
 
 def kth_threshold(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]], k: int, bits: int,
                   count: int = 1) -> Threshold:
-    """Exact threshold pruning the k smallest |values| among `count` tensors.
+    """Exact threshold pruning the k smallest |values| among `count` tensors (see `kth_thresholds`)."""
+    return kth_thresholds(iter_values, [k], bits, count)[0]
+
+
+def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]], ks: Sequence[int], bits: int,
+                   count: int = 1) -> list[Threshold]:
+    """Exact thresholds pruning the k smallest |values| among `count` tensors, for every k in `ks` at once.
 
     `iter_values()` yields (tensor index, flat chunk). 15-bit keys need one pass (a 32,768-bin histogram);
-    31-bit keys two: the high 15 bits, then the low 16 bits of the values inside the bin holding the k-th
-    element. Ties at the threshold go to tensors in index order, so masks do not depend on the order they
-    are made in.
+    31-bit keys two: the high 15 bits, then the low 16 bits of the values inside the bins holding a
+    threshold. Ties at a threshold go to tensors in index order, so masks do not depend on the order they
+    are made in, and the masks of increasing k are nested.
     """
-    if k <= 0:
-        return Threshold(key=-1, ties=(0,) * count)
     assert sys.byteorder == "little"
+    out: list[Threshold | None] = [Threshold(key=-1, ties=(0,) * count) if k <= 0 else None for k in ks]
+    live = [j for j, k in enumerate(ks) if k > 0]
+    if not live:
+        return out  # type: ignore[return-value]
     per_tensor = torch.zeros(count, 1 << 15, dtype=torch.int32) if bits == 15 else None
     hist = torch.zeros(1 << 15, dtype=torch.int64)
     for i, x in iter_values():
@@ -80,32 +88,49 @@ def kth_threshold(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]],
         hist += h
         if per_tensor is not None:
             per_tensor[i] += h.to(torch.int32)
-    total = int(hist.sum())
-    if k > total:
-        raise ValueError(f"cannot prune {k} of {total} weights")
     cum = hist.cumsum(0)
-    hi = int(torch.searchsorted(cum, torch.tensor(k)))  # first bin whose cumulative count reaches k
-    below = int(cum[hi - 1]) if hi > 0 else 0
+    total = int(cum[-1])
+    his, belows = {}, {}
+    for j in live:
+        if ks[j] > total:
+            raise ValueError(f"cannot prune {ks[j]} of {total} weights")
+        hi = int(torch.searchsorted(cum, torch.tensor(ks[j])))  # first bin whose cumulative count reaches k
+        his[j], belows[j] = hi, int(cum[hi - 1]) if hi > 0 else 0
     if bits == 15:
-        key, at_key = hi, per_tensor[:, hi].tolist()
-    else:
-        low = torch.zeros(1 << 16, dtype=torch.int64)
-        inside: dict[int, list[torch.Tensor]] = {}  # per tensor: low half-words of the values in bin `hi`
-        for i, x in iter_values():
-            x = x if x.dtype == torch.float32 else x.to(torch.float32)
-            halves = x.view(torch.int16)
-            sel = (halves[1::2] & 0x7FFF) == hi
-            lows = halves[0::2][sel].to(torch.int32) & 0xFFFF
-            if lows.numel():
-                low += torch.bincount(lows, minlength=1 << 16).cpu()
-                inside.setdefault(i, []).append(lows)
-        cum = low.cumsum(0)
-        lo = int(torch.searchsorted(cum, torch.tensor(k - below)))
-        below += int(cum[lo - 1]) if lo > 0 else 0
-        key = (hi << 16) | lo
-        at_key = [sum(int((v == lo).sum()) for v in inside.get(i, [])) for i in range(count)]
-    ties, left = [], k - below
-    for n in at_key:
+        for j in live:
+            out[j] = _split_ties(his[j], per_tensor[:, his[j]].tolist(), ks[j] - belows[j])
+        return out  # type: ignore[return-value]
+
+    # fp32: the low 16 bits of the values inside the bins holding a threshold, coded (bin slot << 16 | low).
+    bins = sorted(set(his.values()))
+    slot_of = torch.full((1 << 15,), -1, dtype=torch.int64)
+    slot_of[torch.tensor(bins)] = torch.arange(len(bins))
+    low = torch.zeros(len(bins) << 16, dtype=torch.int64)
+    inside: dict[int, list[torch.Tensor]] = {}
+    for i, x in iter_values():
+        x = x if x.dtype == torch.float32 else x.to(torch.float32)
+        halves = x.view(torch.int16)
+        slot = slot_of[(halves[1::2] & 0x7FFF).to(torch.int32)]
+        sel = slot >= 0
+        codes = (slot[sel] << 16) | (halves[0::2][sel].to(torch.int64) & 0xFFFF)
+        if codes.numel():
+            low += torch.bincount(codes, minlength=low.numel()).cpu()
+            inside.setdefault(i, []).append(codes)
+    codes_of = {i: torch.cat(v) for i, v in inside.items()}
+    for j in live:
+        s = bins.index(his[j])
+        cum_low = low[s << 16:(s + 1) << 16].cumsum(0)
+        lo = int(torch.searchsorted(cum_low, torch.tensor(ks[j] - belows[j])))
+        below = belows[j] + (int(cum_low[lo - 1]) if lo > 0 else 0)
+        code = (s << 16) | lo
+        at_key = [int((codes_of[i] == code).sum()) if i in codes_of else 0 for i in range(count)]
+        out[j] = _split_ties((his[j] << 16) | lo, at_key, ks[j] - below)
+    return out  # type: ignore[return-value]
+
+
+def _split_ties(key: int, at_key: list[int], left: int) -> Threshold:
+    ties = []
+    for n in at_key:  # ties go to tensors in index order, so masks do not depend on the order they are made in
         ties.append(min(left, n))
         left -= ties[-1]
     return Threshold(key=key, ties=tuple(ties))

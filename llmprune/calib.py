@@ -1,0 +1,43 @@
+"""Calibration samples: seeded random windows of tokenised text, the input of Wanda and SparseGPT.
+
+As in the SparseGPT and Wanda papers, each sample is `seqlen` consecutive tokens starting at a uniformly
+random offset of the tokenised calibration text. The windows depend only on (text, tokenizer, n_samples,
+seqlen, seed), so a run is reproducible and its run.json can record exactly what the model saw.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .errors import LlmpruneError
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """All token ids of `text` as a 1-D LongTensor (no special tokens added, no truncation)."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.as_tensor(ids, dtype=torch.long).reshape(-1)  # (tokens,)
+
+
+def sample_windows(ids: torch.Tensor, n_samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """`n_samples` windows of `seqlen` tokens at seeded random offsets of the 1-D `ids`: (n_samples, seqlen)."""
+    if n_samples < 1 or seqlen < 1:
+        raise LlmpruneError(f"Calibration needs at least one sample of at least one token "
+                            f"(got calib_samples={n_samples}, seqlen={seqlen}).")
+    if ids.numel() < seqlen:
+        raise LlmpruneError(f"The calibration text has {ids.numel():,} tokens, fewer than one window of "
+                            f"seqlen={seqlen:,}: use a longer text or a smaller --seqlen.")
+    g = torch.Generator().manual_seed(int(seed))
+    starts = torch.randint(0, ids.numel() - seqlen + 1, (n_samples,), generator=g)  # (n,)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])  # (n, seqlen)
+
+
+def calibration_batch(tokenizer, text: str, n_samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Seeded calibration samples of `text`: LongTensor (n_samples, seqlen)."""
+    return sample_windows(tokenize(tokenizer, text), n_samples, seqlen, seed)
+
+
+def describe_batch(batch: torch.Tensor, seed: int) -> dict:
+    """What run.json records about the calibration batch: shape, seed and a hash of the token ids."""
+    digest = hashlib.sha256(batch.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"samples": int(batch.shape[0]), "seqlen": int(batch.shape[1]), "seed": int(seed), "sha256_16": digest}

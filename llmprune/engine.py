@@ -1,0 +1,521 @@
+"""The layer-by-layer engine for calibrated methods (Wanda, SparseGPT): one decoder layer resident at a time.
+
+The model is built as a meta-device skeleton (no memory). The calibration batch is run through everything
+before the decoder layer list (embeddings, rotary tables: loaded lazily when first called) until a pre-hook
+on layer 0 captures its inputs and keyword arguments (masks, position ids, `position_embeddings`) and stops
+the forward, so no per-model code is needed. Then, for each decoder layer: load its weights from the
+checkpoint, run the calibration activations through it with hooks on its prunable linears to collect
+statistics, prune every linear from those statistics (all taken from the unpruned layer, as the Wanda and
+SparseGPT reference drivers do), rerun the pruned layer to produce the next layer's inputs (in place, one
+activation buffer), save the layer's tensors and the activations to the `<out>.partial` work dir, and free
+the layer. A killed run restarted with the same arguments resumes after the last finished layer. The output
+shards are assembled at the end from the saved layers and the untouched tensors, in the checkpoint's order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .arch import arch_for
+from .calib import calibration_batch, describe_batch
+from .config import PruneConfig
+from .errors import LlmpruneError
+from .methods.sparsegpt import HessianStats, sparsegpt_prune
+from .methods.wanda import ActNormStats, wanda_prune
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_FORWARD = 4096  # calibration samples go through a layer in chunks of about this many tokens
+
+# method -> (statistics class, prune(weight, stats, cfg, name) -> new weight)
+METHODS = {
+    "wanda": (ActNormStats, lambda w, s, cfg, name: wanda_prune(w, s.sum_sq, cfg.sparsity, cfg.scope, cfg.pattern)),
+    "sparsegpt": (HessianStats, lambda w, s, cfg, name: sparsegpt_prune(
+        w, s.H, cfg.sparsity, pattern=cfg.pattern, name=name, scope=cfg.scope)),
+}
+
+
+class _StopForward(Exception):
+    """Raised by the pre-hook on decoder layer 0 once its inputs are captured."""
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto' (default) -> cuda when available, else cpu."""
+    device = device or "auto"
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise LlmpruneError(f"Unknown device '{device}'. Available: auto, cpu, cuda (or cuda:N).")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LlmpruneError("--device cuda was given but no CUDA device is available; use --device cpu or auto.")
+    return torch.device(device)
+
+
+def find_layers(model: nn.Module, spec) -> tuple[str, nn.ModuleList]:
+    """(module path, module list) of the decoder layers named by the architecture table row."""
+    paths = (spec.layers,) if isinstance(spec.layers, str) else tuple(spec.layers)
+    for path in paths:
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.ModuleList) and (name == path or name.endswith("." + path)):
+                return name, mod
+    raise LlmpruneError(f"No decoder layer list {' or '.join(paths)} in {type(model).__name__}.")
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """A decoder layer's hidden-state output: transformers 5 returns a tensor, older versions a tuple."""
+    out = layer(x, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def chunks(n: int, batch_size: int) -> list[slice]:
+    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+
+
+class LayerInputs:
+    """The current layer's inputs for every calibration sample, plus its other arguments per chunk size.
+
+    hidden: (n, seqlen, hidden) on the CPU, overwritten in place by each layer's outputs.
+    extra: {chunk batch size: (positional args after the hidden states, keyword args)} on the device.
+    """
+
+    def __init__(self, hidden: torch.Tensor | None, extra: dict[int, tuple[tuple, dict]], batch_size: int):
+        self.hidden, self.extra, self.batch_size = hidden, extra, batch_size
+
+    def iter_chunks(self, device):
+        for sl in chunks(self.hidden.shape[0], self.batch_size):
+            args, kwargs = self.extra[sl.stop - sl.start]
+            yield sl, self.hidden[sl].to(device), args, kwargs
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, batch_size: int,
+                   device: torch.device, keep_hidden: bool = True) -> LayerInputs:
+    """Run `ids` (n, seqlen) through the model until decoder layer 0 and capture that layer's inputs."""
+    seen: dict = {}
+
+    def grab(module, args, kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise _StopForward
+
+    hidden, extra = None, {}
+    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for sl in chunks(ids.shape[0], batch_size):
+            if not keep_hidden and (sl.stop - sl.start) in extra:
+                continue
+            try:
+                model(input_ids=ids[sl].to(device), use_cache=False)
+            except _StopForward:
+                pass
+            else:
+                raise LlmpruneError(f"{type(model).__name__} never called its first decoder layer.")
+            args, kwargs = seen["args"], dict(seen["kwargs"])
+            x, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+            if keep_hidden:
+                if hidden is None:
+                    hidden = torch.empty((ids.shape[0], *x.shape[1:]), dtype=x.dtype)  # (n, seqlen, hidden)
+                hidden[sl] = x.cpu()
+            extra.setdefault(sl.stop - sl.start, (args, kwargs))
+    finally:
+        handle.remove()
+    return LayerInputs(hidden, extra, batch_size)
+
+
+@torch.no_grad()
+def collect_stats(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, method: str,
+                  device: torch.device) -> dict[str, object]:
+    """Statistics of every linear's inputs over all calibration samples, from one pass of the layer.
+
+    Linears fed the very same input tensor (q/k/v, gate/up) share one statistics object.
+    """
+    stat_cls = METHODS[method][0]
+    stats: dict[str, object] = {}
+    shared: dict[str, str] = {}
+    this_chunk: list[tuple[torch.Tensor, str]] = []
+    first = [True]
+
+    def hook_for(leaf):
+        def hook(module, args):
+            x = args[0]
+            if leaf in shared:
+                return
+            if first[0]:
+                for t, other in this_chunk:
+                    if t is x:
+                        shared[leaf] = other
+                        return
+                this_chunk.append((x, leaf))
+                stats[leaf] = stat_cls(x.shape[-1], device)
+            stats[leaf].add_(x)
+        return hook
+
+    handles = [mod.register_forward_pre_hook(hook_for(leaf)) for leaf, mod in linears.items()]
+    try:
+        for _, x, args, kwargs in inputs.iter_chunks(device):
+            run_layer(layer, x, args, kwargs)
+            first[0] = False
+            this_chunk.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return {leaf: stats[shared.get(leaf, leaf)] for leaf in linears}
+
+
+@torch.no_grad()
+def prune_layer_(layer: nn.Module, linears: dict[str, nn.Linear], names: dict[str, str], inputs: LayerInputs,
+                 cfg: PruneConfig, device: torch.device, step=None) -> None:
+    """Prune the given linears of one resident layer, then replace `inputs.hidden` by the layer's outputs."""
+    stats = collect_stats(layer, linears, inputs, cfg.method, device)
+    prune = METHODS[cfg.method][1]
+    for leaf, mod in linears.items():
+        mod.weight.data.copy_(prune(mod.weight.data, stats.pop(leaf), cfg, names[leaf]))
+        if step:
+            step(names[leaf])
+    del stats
+    for sl, x, args, kwargs in inputs.iter_chunks(device):
+        inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
+
+
+def batch_size_for(seqlen: int, cfg: PruneConfig) -> int:
+    return int(cfg.extra.get("batch_size") or max(1, TOKENS_PER_FORWARD // seqlen))
+
+
+def check_method(cfg: PruneConfig) -> None:
+    if cfg.method not in METHODS:
+        raise LlmpruneError(f"The layer-by-layer engine runs calibrated methods only ({', '.join(METHODS)}), "
+                            f"not '{cfg.method}'.")
+    if cfg.scope == "global" and cfg.pattern is None:
+        raise LlmpruneError(f"{cfg.method} compares scores within a layer: use --scope layer or row, not global.")
+
+
+def selected_linears(layer: nn.Module, prefix: str, is_target) -> dict[str, nn.Linear]:
+    """{leaf path: module} of the layer's nn.Linear modules whose weight name `prefix.leaf.weight` is selected."""
+    return {leaf: mod for leaf, mod in layer.named_modules()
+            if isinstance(mod, nn.Linear) and is_target(f"{prefix}.{leaf}.weight", tuple(mod.weight.shape))}
+
+
+# --------------------------------------------------------------------------------------------------------
+# In memory: a loaded model pruned in place (eval --sparsity, fine-tuning, the reference for streaming).
+
+def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: torch.Tensor | None,
+                            step=None) -> dict:
+    """Prune a loaded model in place with Wanda/SparseGPT on `calib` (n, seqlen); returns the sparsity summary."""
+    from .report import SparsityStats
+
+    check_method(cfg)
+    if calib is None:
+        raise LlmpruneError(f"{cfg.method} needs calibration samples (see llmprune.calib.calibration_batch).")
+    device = next(model.parameters()).device
+    path, layers = find_layers(model, arch_for(model.config))
+    inputs = capture_inputs(model, layers, calib, batch_size_for(calib.shape[1], cfg), device)
+    summary = SparsityStats()
+    for i, layer in enumerate(layers):
+        prefix = f"{path}.{i}"
+        linears = selected_linears(layer, prefix, select)
+        names = {leaf: f"{prefix}.{leaf}.weight" for leaf in linears}
+        before = {leaf: int((m.weight == 0).sum()) for leaf, m in linears.items()}
+        prune_layer_(layer, linears, names, inputs, cfg, device, step)
+        for leaf, m in linears.items():
+            summary.add(names[leaf], m.weight.data, *select.describe(names[leaf]), zeros_before=before[leaf])
+    return summary.summary(tensors=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Streaming: a checkpoint directory pruned into an output directory, one layer resident.
+
+class NameMap:
+    """Module state-dict key -> checkpoint tensor name (same name, or the checkpoint lacks a leading prefix)."""
+
+    def __init__(self, model: nn.Module, ckpt_names):
+        self.names = set(ckpt_names)
+        self.prefix = getattr(model, "base_model_prefix", "") or ""
+
+    def __call__(self, key: str) -> str | None:
+        if key in self.names:
+            return key
+        parts = key.split(".")
+        for i in range(1, len(parts)):
+            if ".".join(parts[i:]) in self.names:
+                return ".".join(parts[i:])
+        if self.prefix and f"{self.prefix}.{key}" in self.names:
+            return f"{self.prefix}.{key}"
+        return None
+
+
+def build_skeleton(src: Path, config: dict, dtype: torch.dtype) -> nn.Module:
+    """The model with every parameter on the meta device (no memory), in evaluation mode."""
+    import transformers
+
+    cls = getattr(transformers, arch_for(config).auto_class)
+    hf_config = transformers.AutoConfig.from_pretrained(src)
+    with torch.device("meta"):
+        model = cls.from_config(hf_config, dtype=dtype)
+    return model.eval()
+
+
+@torch.no_grad()
+def materialise_(module: nn.Module, prefix: str, ckpt, name_of: NameMap, root: nn.Module, device,
+                 recurse: bool = True) -> None:
+    """Give `module` real tensors on `device`: checkpoint values, or the model's own init for non-persistent buffers.
+
+    A tensor read from the checkpoint becomes the parameter itself (no second copy) when dtype and device match.
+    """
+    for sub_name, sub in (module.named_modules() if recurse else [("", module)]):
+        transient = [k for k, t in sub._buffers.items() if t is not None and k in sub._non_persistent_buffers_set]
+        for key in transient:
+            sub._buffers[key] = torch.empty_like(sub._buffers[key], device=device)
+        if transient:
+            root._init_weights(sub)  # e.g. rotary inv_freq: computed from the config, never saved
+        for table in (sub._parameters, sub._buffers):
+            for key, t in list(table.items()):
+                if t is None or key in transient:
+                    continue
+                full = ".".join(p for p in (prefix, sub_name, key) if p)
+                name = name_of(full)
+                if name is None:
+                    raise LlmpruneError(f"The checkpoint has no tensor for '{full}' of {type(root).__name__}.")
+                value = ckpt.read(name).to(device=device, dtype=t.dtype)
+                if value.shape != t.shape:
+                    raise LlmpruneError(f"'{name}' has shape {tuple(value.shape)} in the checkpoint but the model "
+                                        f"expects {tuple(t.shape)}.")
+                table[key] = nn.Parameter(value, requires_grad=False) if table is sub._parameters else value
+
+
+def free_(module: nn.Module, recurse: bool = True) -> None:
+    """Back to the meta device: the memory of `module`'s tensors is released."""
+    for sub in (module.modules() if recurse else [module]):
+        for table in (sub._parameters, sub._buffers):
+            for key, t in list(table.items()):
+                if t is not None and not t.is_meta:
+                    meta = torch.empty_like(t, device="meta")
+                    table[key] = nn.Parameter(meta, requires_grad=False) if table is sub._parameters else meta
+
+
+def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size, device, keep_hidden) -> LayerInputs:
+    """`capture_inputs` on the skeleton: modules outside the layer list are loaded when first called, then freed."""
+    loaded = []
+
+    def owns_tensors(mod):
+        return any(t is not None for t in (*mod._parameters.values(), *mod._buffers.values()))
+
+    def load_on_call(name):
+        def hook(mod, args):
+            if any(t is not None and t.is_meta for t in (*mod._parameters.values(), *mod._buffers.values())):
+                materialise_(mod, name, ckpt, name_of, model, device, recurse=False)
+                loaded.append(mod)
+        return hook
+
+    outside = [(n, m) for n, m in model.named_modules()
+               if n != layers_path and not n.startswith(layers_path + ".") and owns_tensors(m)]
+    handles = [m.register_forward_pre_hook(load_on_call(n)) for n, m in outside]
+    try:
+        try:
+            return capture_inputs(model, layers, ids, batch_size, device, keep_hidden)
+        except (NotImplementedError, RuntimeError) as e:
+            if "meta" not in str(e):
+                raise
+            # A parameter was used outside its module's forward: load everything outside the layers.
+            log.info("lazy loading failed (%s); loading all non-layer weights", str(e).splitlines()[0])
+            for n, m in outside:
+                if any(t is not None and t.is_meta for t in (*m._parameters.values(), *m._buffers.values())):
+                    materialise_(m, n, ckpt, name_of, model, device, recurse=False)
+                    loaded.append(m)
+            return capture_inputs(model, layers, ids, batch_size, device, keep_hidden)
+    finally:
+        for h in handles:
+            h.remove()
+        for m in loaded:
+            free_(m, recurse=False)
+
+
+class WorkState:
+    """Progress of a streamed run inside `<out>.partial/engine`: finished layers, activations, a fingerprint.
+
+    Each step is a file renamed into place, so a run killed at any instant leaves a consistent state.
+    """
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.root, self.fingerprint = root, fingerprint
+        self.done = -1
+        progress = root / "progress.json"
+        if progress.exists():
+            saved = json.loads(progress.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                self.done = int(saved["done"])
+            else:
+                log.warning("discarding the unfinished run in %s: it used different arguments", root)
+                for f in root.iterdir():
+                    f.unlink()
+        root.mkdir(parents=True, exist_ok=True)
+
+    def layer_file(self, i: int) -> Path:
+        return self.root / f"layer-{i:05d}.safetensors"
+
+    def acts_file(self, i: int) -> Path:
+        return self.root / f"acts-{i:05d}.safetensors"
+
+    def _save(self, tensors: dict, path: Path) -> None:
+        from .io import ShardWriter  # streams tensor bytes to disk: no second copy of the activations
+
+        tmp = path.with_suffix(".tmp")
+        writer = ShardWriter(tmp, list(tensors))
+        for name, t in tensors.items():
+            writer.write(name, t)
+        writer.close()
+        os.replace(tmp, path)
+
+    def save_layer(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
+        self._save(tensors, self.layer_file(i))
+
+    def finish_layer(self, i: int, next_inputs: torch.Tensor | None) -> None:
+        """Record layer i done; `next_inputs` are layer i+1's inputs (None after the last layer)."""
+        if next_inputs is not None:
+            self._save({"hidden": next_inputs}, self.acts_file(i + 1))
+        tmp = self.root / "progress.tmp"
+        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": i}))
+        os.replace(tmp, self.root / "progress.json")
+        self.done = i
+        self.acts_file(i).unlink(missing_ok=True)
+
+    def load_acts(self, i: int) -> torch.Tensor:
+        from .io import read_safetensors_header
+
+        return read_tensor(read_safetensors_header(self.acts_file(i))[0]["hidden"])
+
+
+def read_tensor(info) -> torch.Tensor:
+    """One tensor of a safetensors file read into fresh memory (no mmap pages left in RSS)."""
+    out = torch.empty(info.shape, dtype=info.dtype)
+    if out.numel():
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            f.readinto(memoryview(out.view(-1).view(torch.uint8).numpy()))
+    return out
+
+
+def fingerprint(src: Path, ckpt, cfg: PruneConfig, ids: torch.Tensor, dtype, device) -> str:
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.files]
+    blob = json.dumps([str(src), files, cfg.to_json(), describe_batch(ids, cfg.seed), str(dtype), device.type,
+                       torch.__version__], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def calibration_ids(src: Path, ckpt, cfg: PruneConfig) -> torch.Tensor:
+    """The seeded calibration batch (calib_samples, seqlen) from `cfg.calib`'s train split."""
+    from transformers import AutoTokenizer
+
+    from .data import load_text
+
+    seqlen = cfg.seqlen
+    context = ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions")
+    if context and seqlen > context:
+        seqlen = int(context)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    return calibration_batch(tokenizer, load_text(cfg.calib, "train"), cfg.calib_samples, seqlen, cfg.seed)
+
+
+def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out, cfg: PruneConfig, *,
+                     overwrite: bool = False, fmt: str = "dense", step=None, calib: torch.Tensor | None = None,
+                     on_layer=None) -> dict:
+    """Stream the checkpoint `ckpt` (at `src`) through Wanda/SparseGPT into `out`; returns the run record.
+
+    `calib` (n, seqlen) overrides the batch drawn from `cfg.calib`; `on_layer(i)` is called after layer i is
+    saved (tests use it to simulate a kill).
+    """
+    from .io import atomic_dir
+
+    check_method(cfg)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.extra.get("device"))
+    ids = calib if calib is not None else calibration_ids(src, ckpt, cfg)
+    dtype = ckpt.info(names[0]).dtype
+    skeleton = build_skeleton(src, ckpt.config, dtype)
+    layers_path, layers = find_layers(skeleton, arch_for(ckpt.config))
+    name_of = NameMap(skeleton, ckpt.names)
+    targets = set(names)
+    is_target = lambda key, shape: name_of(key) in targets  # noqa: E731
+    timings = {"setup": time.perf_counter() - t0}
+
+    with atomic_dir(out, overwrite, keep_partial=True) as work:
+        state = WorkState(work / "engine", fingerprint(src, ckpt, cfg, ids, dtype, device))
+        start = state.done + 1
+        t1 = time.perf_counter()
+        if start < len(layers):  # (a run killed while assembling has every layer done already)
+            inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
+                                      batch_size_for(ids.shape[1], cfg), device, keep_hidden=start == 0)
+        if 0 < start < len(layers):
+            inputs.hidden = state.load_acts(start)
+            log.info("resuming after layer %d of %d", start - 1, len(layers))
+        per_layer = []
+        for i in range(start, len(layers)):
+            t = time.perf_counter()
+            layer, prefix = layers[i], f"{layers_path}.{i}"
+            materialise_(layer, prefix, ckpt, name_of, skeleton, device)
+            linears = selected_linears(layer, prefix, is_target)
+            prune_layer_(layer, linears, {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}, inputs, cfg,
+                         device, step)
+            tensors = {}
+            for key, v in layer.state_dict().items():
+                name = name_of(f"{prefix}.{key}")
+                if name is not None:
+                    tensors[name] = v.to("cpu", ckpt.info(name).dtype).contiguous()
+            state.save_layer(i, tensors)
+            del tensors
+            free_(layer)
+            state.finish_layer(i, inputs.hidden if i + 1 < len(layers) else None)
+            per_layer.append(time.perf_counter() - t)
+            if on_layer:
+                on_layer(i)
+        timings["layers"] = time.perf_counter() - t1
+        timings["per_layer_mean"] = sum(per_layer) / len(per_layer) if per_layer else 0.0
+        inputs = None
+
+        t2 = time.perf_counter()
+        stats, total = assemble(work, state, ckpt, targets, select, cfg, fmt, step)
+        timings["write"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        for f in state.root.iterdir():
+            f.unlink()
+        state.root.rmdir()
+        from .prune import run_record, sizes
+
+        record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total), device=device.type,
+                            calibration={**describe_batch(ids, cfg.seed), "source": cfg.calib or "pydoc"},
+                            resumed_after_layer=start - 1 if start else None)
+        (work / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg: PruneConfig, fmt: str, step=None):
+    """Write the output shards (same files and order as the input) from the saved layers and the checkpoint.
+
+    `step` is called for every tensor not pruned here (the pruned ones were reported layer by layer).
+    """
+    from .io import copy_aux_files, read_safetensors_header
+    from .output import write_checkpoint
+    from .prune import output_metadata
+    from .report import SparsityStats
+
+    pruned = {}  # name -> TensorInfo in the saved layer files
+    for f in sorted(state.root.glob("layer-*.safetensors")):
+        pruned.update(read_safetensors_header(f)[0])
+    stats = SparsityStats()
+
+    def produce(name: str) -> torch.Tensor:
+        w = read_tensor(pruned[name])
+        if name in targets:
+            original = ckpt.read(name)
+            stats.add(name, w, *select.describe(name), zeros_before=original.numel() - int(torch.count_nonzero(original)))
+        return w
+
+    copy_aux_files(ckpt.path, work)
+    total = write_checkpoint(ckpt, work, set(pruned), fmt, output_metadata(cfg), produce, cfg,
+                             step=(lambda n: n in targets or step(n)) if step else None)
+    return stats, total

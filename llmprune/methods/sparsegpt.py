@@ -1,0 +1,137 @@
+"""SparseGPT: one-shot pruning with an OBS weight update that compensates each pruned weight.
+
+Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot" (2023).
+For a linear layer y = W x with calibration inputs X, the layer-wise loss ||W X - W' X||^2 has Hessian
+H = 2 X X^T. Columns are visited left to right; pruning (or keeping) column j leaves an error that is
+spread over the columns not yet visited through the upper Cholesky factor of H^-1, so the later weights
+absorb it. Columns are processed in blocks of `blocksize` (lazy batched updates). The mask is chosen once
+per block from w^2 / [H^-1]_jj^2 (unstructured) or every M columns (N:M), both on the updated weights.
+
+This module is pure maths: `HessianStats` accumulates H from input batches; `sparsegpt_prune` returns the
+new weight. Everything is computed in fp32 on the weight's device.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..errors import LlmpruneError
+from .masks import nm_mask, row_mask, smallest_k_mask
+
+log = logging.getLogger(__name__)
+
+MAX_DAMP_TRIES = 8  # percdamp 0.01 -> up to 1e5 x the mean diagonal before giving up
+
+
+class HessianStats:
+    """H = 2/N * sum_t x_t x_t^T over the N calibration tokens seen so far, kept as a running average in fp32."""
+
+    def __init__(self, in_features: int, device: torch.device | str = "cpu"):
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)  # (in, in)
+        self.tokens = 0
+
+    def add_(self, x: torch.Tensor) -> None:
+        """Accumulate a batch of inputs (..., in); any leading dims are tokens."""
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)  # (t, in)
+        t = x.shape[0]
+        if t == 0:
+            return
+        # Running average keeps H's scale independent of the sample count (fp32 stays well-conditioned).
+        self.H *= self.tokens / (self.tokens + t)
+        self.tokens += t
+        x = x * (2.0 / self.tokens) ** 0.5
+        self.H.addmm_(x.T, x)
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp*I)^-1, raising damp x10 until H + damp*I is positive definite."""
+    if not torch.isfinite(H).all():
+        raise LlmpruneError(f"SparseGPT: the Hessian of layer '{name or '?'}' has inf/NaN entries; "
+                            "the calibration activations overflowed (try --dtype float32).")
+    n = H.shape[0]
+    eye = torch.eye(n, dtype=H.dtype, device=H.device)
+    mean_diag = float(torch.diagonal(H).mean())
+    damp = percdamp * mean_diag if mean_diag > 0 else 1.0
+    for attempt in range(MAX_DAMP_TRIES):
+        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        if int(info) == 0:
+            U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                return U
+        log.warning("SparseGPT: Hessian of layer '%s' is not positive definite with dampening %.3g; "
+                    "retrying with 10x more", name or "?", damp)
+        damp = damp * 10 if damp > 0 else 1e-6 * max(mean_diag, 1.0)
+    raise LlmpruneError(f"SparseGPT: the Hessian of layer '{name or '?'}' stayed singular after raising "
+                        f"dampening to {damp / 10:.3g}; the calibration data may be degenerate.")
+
+
+def _block_prune_count(sparsity: float, total: int, start: int, end: int) -> int:
+    """How many of columns [start, end) to prune so that the running total is round(sparsity * cols) exactly."""
+    return round(sparsity * end * total) - round(sparsity * start * total)
+
+
+def sparsegpt_prune(
+    weight: torch.Tensor,
+    H: torch.Tensor,
+    sparsity: float,
+    pattern=None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "",
+    scope: str = "layer",
+) -> torch.Tensor:
+    """New weight (weight's dtype) pruned to `sparsity` (or N:M `pattern`) with SparseGPT's OBS updates.
+
+    weight: (out, in); H: (in, in) from `HessianStats`. `scope` "layer" prunes exactly
+    round(sparsity * out * in) weights (per block of columns, as the paper); "row" prunes
+    round(sparsity * in) in every row. Inputs that never fired (H_jj == 0) are pruned first: their
+    removal costs nothing on the calibration data.
+    """
+    out_features, in_features = weight.shape
+    W = weight.detach().to(torch.float32).clone()  # (out, in)
+    H = H.detach().to(W.device, torch.float32).clone()  # (in, in)
+    if pattern is not None:
+        if in_features % pattern.m:
+            raise LlmpruneError(f"Layer '{name}': input size {in_features} is not divisible by M={pattern.m} "
+                                f"of the {pattern} pattern.")
+        blocksize = max(pattern.m, blocksize - blocksize % pattern.m)  # groups never straddle blocks
+    dead = torch.diagonal(H) == 0  # (in,)
+    H[dead, dead] = 1.0
+    U = _upper_cholesky_of_inverse(H, percdamp, name)  # (in, in), upper
+    d_all = torch.diagonal(U)  # (in,)
+
+    for i1 in range(0, in_features, blocksize):
+        i2 = min(i1 + blocksize, in_features)
+        # Work on the block transposed, (b, out): each column of W is a contiguous row here.
+        Wt = W[:, i1:i2].T.contiguous()  # (b, out)
+        U1 = U[i1:i2, i1:i2]  # (b, b)
+        d = d_all[i1:i2]  # (b,)
+        dead1 = dead[i1:i2]
+        Qt = torch.empty_like(Wt)
+        Errt = torch.empty_like(Wt)
+        if pattern is None:
+            score = (Wt.T / d).square().masked_fill(dead1, 0.0).cpu()  # (out, b): OBS saliency w^2 / [Hinv]_jj^2
+            if scope == "row":
+                k = _block_prune_count(sparsity, 1, i1, i2)
+                keep = row_mask(score, k / (i2 - i1)) if k else torch.ones(score.shape, dtype=torch.bool)
+            else:
+                keep = smallest_k_mask(score, _block_prune_count(sparsity, out_features, i1, i2))
+            prune_t = (~keep).T.contiguous().to(W.device)  # (b, out)
+        else:
+            prune_t = torch.zeros(Wt.shape, dtype=torch.bool, device=W.device)
+        for i in range(i2 - i1):
+            if pattern is not None and i % pattern.m == 0:
+                g = slice(i, i + pattern.m)
+                score = (Wt[g].T / d[g]).square().masked_fill(dead1[g], 0.0)  # (out, m)
+                prune_t[g] = ~nm_mask(score.cpu(), pattern.n, pattern.m).T.to(W.device)
+            w = Wt[i]  # (out,)
+            q = w.masked_fill(prune_t[i], 0.0)
+            Qt[i] = q
+            err = Errt[i]
+            torch.sub(w, q, out=err)
+            err /= d[i]
+            Wt[i + 1:].addr_(U1[i, i + 1:], err, alpha=-1.0)  # spread the error over the block's later columns
+        W[:, i1:i2] = Qt.T
+        W[:, i2:].addmm_(Errt.T, U[i1:i2, i2:], alpha=-1.0)
+    return W.to(weight.dtype)
