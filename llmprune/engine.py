@@ -321,3 +321,124 @@ class WorkState:
         from .io import read_safetensors_header, read_tensor
 
         return read_tensor(read_safetensors_header(self.acts_file(i))[0]["hidden"])
+
+
+def fingerprint(src: Path, ckpt, cfg: PruneConfig, ids: torch.Tensor, dtype, device) -> str:
+    files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.files]
+    blob = json.dumps([str(src), files, cfg.to_json(), describe_batch(ids, cfg.seed), str(dtype), device.type,
+                       torch.__version__], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def calibration_ids(src: Path, ckpt, cfg: PruneConfig) -> torch.Tensor:
+    """The seeded calibration batch (calib_samples, seqlen) from `cfg.calib`'s train split."""
+    from transformers import AutoTokenizer
+
+    from .data import load_text
+
+    seqlen = cfg.seqlen
+    context = ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions")
+    if context and seqlen > context:
+        seqlen = int(context)
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    return calibration_batch(tokenizer, load_text(cfg.calib, "train"), cfg.calib_samples, seqlen, cfg.seed)
+
+
+def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out, cfg: PruneConfig, *,
+                     overwrite: bool = False, fmt: str = "dense", step=None, calib: torch.Tensor | None = None,
+                     on_layer=None) -> dict:
+    """Stream the checkpoint `ckpt` (at `src`) through Wanda/SparseGPT into `out`; returns the run record.
+
+    `calib` (n, seqlen) overrides the batch drawn from `cfg.calib`; `on_layer(i)` is called after layer i is
+    saved (tests use it to simulate a kill).
+    """
+    from .io import atomic_dir
+
+    check_method(cfg)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.extra.get("device"))
+    ids = calib if calib is not None else calibration_ids(src, ckpt, cfg)
+    dtype = ckpt.info(names[0]).dtype
+    skeleton = build_skeleton(src, ckpt.config, dtype)
+    layers_path, layers = find_layers(skeleton, arch_for(ckpt.config))
+    name_of = NameMap(skeleton, ckpt.names)
+    targets = set(names)
+    is_target = lambda key, shape: name_of(key) in targets  # noqa: E731
+    timings = {"setup": time.perf_counter() - t0}
+
+    with atomic_dir(out, overwrite, keep_partial=True) as work:
+        state = WorkState(work / "engine", fingerprint(src, ckpt, cfg, ids, dtype, device))
+        start = state.done + 1
+        t1 = time.perf_counter()
+        if start < len(layers):  # (a run killed while assembling has every layer done already)
+            inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
+                                      batch_size_for(ids.shape[1], cfg), device, keep_hidden=start == 0)
+        if 0 < start < len(layers):
+            inputs.hidden = state.load_acts(start)
+            log.info("resuming after layer %d of %d", start - 1, len(layers))
+        per_layer = []
+        for i in range(start, len(layers)):
+            t = time.perf_counter()
+            layer, prefix = layers[i], f"{layers_path}.{i}"
+            materialise_(layer, prefix, ckpt, name_of, skeleton, device)
+            linears = selected_linears(layer, prefix, is_target)
+            prune_layer_(layer, linears, {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}, inputs, cfg,
+                         device, step)
+            tensors = {}
+            for key, v in layer.state_dict().items():
+                name = name_of(f"{prefix}.{key}")
+                if name is not None:
+                    tensors[name] = v.to("cpu", ckpt.info(name).dtype).contiguous()
+            state.save_layer(i, tensors)
+            del tensors
+            free_(layer)
+            state.finish_layer(i, inputs.hidden if i + 1 < len(layers) else None)
+            per_layer.append(time.perf_counter() - t)
+            if on_layer:
+                on_layer(i)
+        timings["layers"] = time.perf_counter() - t1
+        timings["per_layer_mean"] = sum(per_layer) / len(per_layer) if per_layer else 0.0
+        inputs = None
+
+        t2 = time.perf_counter()
+        stats, total = assemble(work, state, ckpt, targets, select, cfg, fmt, step)
+        timings["write"] = time.perf_counter() - t2
+        timings["total"] = time.perf_counter() - t0
+        for f in state.root.iterdir():
+            f.unlink()
+        state.root.rmdir()
+        from .prune import run_record, sizes
+
+        record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total), device=device.type,
+                            calibration={**describe_batch(ids, cfg.seed), "source": cfg.calib or "pydoc"},
+                            resumed_after_layer=start - 1 if start else None)
+        (work / "run.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg: PruneConfig, fmt: str, step=None):
+    """Write the output shards (same files and order as the input) from the saved layers and the checkpoint.
+
+    `step` is called for every tensor not pruned here (the pruned ones were reported layer by layer).
+    """
+    from .io import copy_aux_files, read_safetensors_header, read_tensor
+    from .output import write_checkpoint
+    from .prune import output_metadata
+    from .report import SparsityStats
+
+    pruned = {}  # name -> TensorInfo in the saved layer files
+    for f in sorted(state.root.glob("layer-*.safetensors")):
+        pruned.update(read_safetensors_header(f)[0])
+    stats = SparsityStats()
+
+    def produce(name: str) -> torch.Tensor:
+        w = read_tensor(pruned[name])
+        if name in targets:
+            original = ckpt.read(name)
+            stats.add(name, w, *select.describe(name), zeros_before=original.numel() - int(torch.count_nonzero(original)))
+        return w
+
+    copy_aux_files(ckpt.path, work)
+    total = write_checkpoint(ckpt, work, set(pruned), fmt, output_metadata(cfg), produce, cfg,
+                             step=(lambda n: n in targets or step(n)) if step else None)
+    return stats, total

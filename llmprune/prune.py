@@ -23,7 +23,7 @@ from .errors import LlmpruneError
 from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .models import resolve_model
-from .output import encoder, write_checkpoint  # noqa: F401  (encoder: used by the engine)
+from .output import write_checkpoint
 from .report import SparsityStats
 
 Step = Callable[[str], None]
@@ -104,7 +104,6 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     timings = {"resolve": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    targets = set(names)
     if cfg.pattern is None and cfg.scope == "global":
         mask = GlobalMagnitude(names, ReadAhead(ckpt.read, sorted(names)), (ckpt.info(n).dtype for n in names),
                                sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity).mask

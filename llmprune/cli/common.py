@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import METHODS, SCOPES, PruneConfig, parse_pattern
+from ..config import METHODS, PruneConfig, parse_pattern
 from ..errors import LlmpruneError
 
 stdout = Console()

