@@ -440,5 +440,5 @@ def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg:
 
     copy_aux_files(ckpt.path, work)
     total = write_checkpoint(ckpt, work, set(pruned), fmt, output_metadata(cfg), produce, cfg,
-                             step=(lambda n: n in targets or step(n)) if step else None)
+                             step=(lambda n: n in targets or step(n)) if step else None, packed=targets)
     return stats, total

@@ -50,13 +50,14 @@ def encoder(fmt: str, targets: set[str]):
 
 def write_checkpoint(ckpt: Checkpoint, work: Path, targets: set[str], fmt: str, meta: dict,
                      produce: Callable[[str], torch.Tensor] | None = None, cfg: PruneConfig | None = None,
-                     step: Callable[[str], None] | None = None) -> int:
+                     step: Callable[[str], None] | None = None, packed: set[str] | None = None) -> int:
     """Write all of `ckpt` into `work` (one output shard per input file); returns the bytes written.
 
-    `produce(name)` gives the final tensor of each target (default: read it unchanged).
+    `produce(name)` gives the final tensor of each target (default: read it unchanged); `packed` are the
+    targets stored compactly when fmt is "sparse" (default: all targets).
     """
     produce = produce or ckpt.read
-    enc = encoder(fmt, targets)
+    enc = encoder(fmt, targets if packed is None else packed)
     meta = {"format": "pt", "llmprune_version": __version__, **meta}
     weight_map, total = {}, 0
     for file, names in ckpt.by_file().items():

@@ -13,10 +13,11 @@ from tiny import save_tiny_lm
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 @pytest.mark.parametrize("shape", [("--sparsity", "0.5"), ("--pattern", "2:4")])
-def test_prune_calibrated_cli(tmp_path, method, shape):
+@pytest.mark.parametrize("fmt", ["dense", "sparse"])
+def test_prune_calibrated_cli(tmp_path, method, shape, fmt):
     src = save_tiny_lm("llama", tmp_path / "src", max_shard_size="150KB")
     args = ["prune", str(src), "--method", method, *shape, "--calib-samples", "4", "--seqlen", "64",
-            "-o", str(tmp_path / "out"), "--json"]
+            "-o", str(tmp_path / "out"), "--json", "--format", fmt]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     rec = json.loads(r.output)
