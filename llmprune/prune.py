@@ -22,6 +22,7 @@ from .config import PruneConfig
 from .errors import LlmpruneError
 from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
+from .methods.masks import apply_threshold_
 from .models import resolve_model
 from .output import write_checkpoint
 from .report import SparsityStats
@@ -104,9 +105,11 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     timings = {"resolve": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
+    glob = None
     if cfg.pattern is None and cfg.scope == "global":
-        mask = GlobalMagnitude(names, ReadAhead(ckpt.read, sorted(names)), (ckpt.info(n).dtype for n in names),
-                               sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity).mask
+        glob = GlobalMagnitude(names, ReadAhead(ckpt.read, sorted(names)), (ckpt.info(n).dtype for n in names),
+                               sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
+        ties = dict(zip(glob.names, glob.threshold.ties))
     else:
         mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
     timings["threshold"] = time.perf_counter() - t1
@@ -118,8 +121,11 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
 
     def produce(name: str) -> torch.Tensor:
         w = read(name)
-        before = w.numel() - int(torch.count_nonzero(w))
-        w.masked_fill_(mask(name, w).logical_not_(), 0)
+        if glob is not None:  # one fused pass: threshold, zero, count the zeros already there
+            before, _ = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
+        else:
+            before = w.numel() - int(torch.count_nonzero(w))
+            w.masked_fill_(mask(name, w).logical_not_(), 0)
         stats.add(name, w, *select.describe(name), zeros_before=before)
         return w
 

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from . import fast
+
 CHUNK = 1 << 22  # elements per chunk when building keys; bounds temporaries to ~40 MB
 
 _KEY_BITS = {torch.float16: 15, torch.bfloat16: 15, torch.float32: 31}
@@ -84,7 +86,11 @@ def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]]
     per_tensor = torch.zeros(count, 1 << 15, dtype=torch.int32) if bits == 15 else None
     hist = torch.zeros(1 << 15, dtype=torch.int64)
     for i, x in iter_values():
-        h = torch.bincount(_high_keys(x, bits), minlength=1 << 15).cpu()
+        if bits == 31 and x.dtype != torch.float32:
+            x = x.to(torch.float32)  # mixed dtypes share the fp32 key space
+        h = fast.hist_high15(x, bits)
+        if h is None:
+            h = torch.bincount(_high_keys(x, bits), minlength=1 << 15).cpu()
         hist += h
         if per_tensor is not None:
             per_tensor[i] += h.to(torch.int32)
@@ -105,10 +111,17 @@ def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]]
     bins = sorted(set(his.values()))
     slot_of = torch.full((1 << 15,), -1, dtype=torch.int64)
     slot_of[torch.tensor(bins)] = torch.arange(len(bins))
+    slot32 = slot_of.to(torch.int32)
     low = torch.zeros(len(bins) << 16, dtype=torch.int64)
     inside: dict[int, list[torch.Tensor]] = {}
     for i, x in iter_values():
         x = x if x.dtype == torch.float32 else x.to(torch.float32)
+        done = fast.hist_low16(x, slot32, bins)
+        if done is not None:
+            low += done[0]
+            if done[1].numel():
+                inside.setdefault(i, []).append(done[1])
+            continue
         halves = x.view(torch.int16)
         slot = slot_of[(halves[1::2] & 0x7FFF).to(torch.int32)]
         sel = slot >= 0
@@ -138,6 +151,9 @@ def _split_ties(key: int, at_key: list[int], left: int) -> Threshold:
 
 def threshold_mask(x: torch.Tensor, key: int, ties: int, bits: int) -> torch.Tensor:
     """Keep-mask of x: prune keys < `key` and the first `ties` elements (row-major) with key == `key`."""
+    keep = fast.keep_mask(x, key, ties, bits)
+    if keep is not None:
+        return keep
     keep = torch.empty(x.shape, dtype=torch.bool)
     flat = keep.view(-1)
     start = 0
@@ -154,6 +170,19 @@ def threshold_mask(x: torch.Tensor, key: int, ties: int, bits: int) -> torch.Ten
             torch.ge(keys, key, out=part)
         start += keys.numel()
     return keep
+
+
+def apply_threshold_(x: torch.Tensor, key: int, ties: int, bits: int) -> tuple[int, int]:
+    """Zero in place what `threshold_mask(x, key, ties, bits)` prunes; returns (zeros before, zeros after).
+
+    One fused pass when the C kernel runs x's dtype (fp16/bf16 with 15-bit keys, fp32 with 31); else torch.
+    """
+    counts = fast.apply_threshold_(x, key, ties, bits)
+    if counts is not None:
+        return counts
+    before = x.numel() - int(torch.count_nonzero(x))
+    x.masked_fill_(threshold_mask(x, key, ties, bits).logical_not_(), 0)
+    return before, x.numel() - int(torch.count_nonzero(x))
 
 
 def smallest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:

@@ -40,30 +40,31 @@ _lib_error: str | None = None
 _paths: tuple[str, ...] = ("reference",)  # set when the library loads
 
 
-def source_path() -> Path:
-    """The kernel's C source: kernels/cpu/ in a checkout, or llmprune/_kernels/cpu/ in an installed wheel."""
+def source_path(name: str = _SOURCE_NAME) -> Path:
+    """A kernel's C source: kernels/cpu/ in a checkout, or llmprune/_kernels/cpu/ in an installed wheel."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "kernels" / "cpu" / _SOURCE_NAME, here.parents[1] / "_kernels" / "cpu" / _SOURCE_NAME):
+    for candidate in (here.parents[2] / "kernels" / "cpu" / name, here.parents[1] / "_kernels" / "cpu" / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{_SOURCE_NAME} not found next to llmprune (looked in kernels/cpu and llmprune/_kernels/cpu)")
+    raise FileNotFoundError(f"{name} not found next to llmprune (looked in kernels/cpu and llmprune/_kernels/cpu)")
 
 
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def build(force: bool = False) -> Path:
-    """Compile the kernel library into the cache (once per source/flags/compiler) and return its path."""
+def build(force: bool = False, name: str = _SOURCE_NAME) -> Path:
+    """Compile a kernel library (default: this module's) into the cache, once per source/flags/compiler;
+    return its path. Other modules build their own sources in kernels/cpu/ the same way."""
     from ..assets import cache_dir
 
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = source_path()
+    src = source_path(name)
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
     key = hashlib.sha256(src.read_bytes() + repr((CFLAGS, version)).encode()).hexdigest()[:16]
-    target = cache_dir("kernels") / f"bitmask_spmm-{key}.so"
+    target = cache_dir("kernels") / f"{Path(name).stem}-{key}.so"
     if target.exists() and not force:
         return target
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
