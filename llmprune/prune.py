@@ -121,12 +121,13 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
 
     def produce(name: str) -> torch.Tensor:
         w = read(name)
-        if glob is not None:  # one fused pass: threshold, zero, count the zeros already there
-            before, _ = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
+        if glob is not None:  # one fused pass: threshold, zero, count the zeros before and after
+            before, after = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
         else:
             before = w.numel() - int(torch.count_nonzero(w))
             w.masked_fill_(mask(name, w).logical_not_(), 0)
-        stats.add(name, w, *select.describe(name), zeros_before=before)
+            after = None
+        stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
         return w
 
     with atomic_dir(out, overwrite) as work:

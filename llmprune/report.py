@@ -38,9 +38,12 @@ class SparsityStats:
     by_type: dict[str, Row] = field(default_factory=dict)
     by_layer: dict[str, Row] = field(default_factory=dict)
 
-    def add(self, name: str, w: torch.Tensor, layer: int | None, mtype: str, zeros_before: int = 0, **extra) -> Row:
-        row = Row(w.numel(), w.numel() - int(torch.count_nonzero(w)), int((w.abs() <= self.eps).sum()) if self.eps > 0 else 0,
-                  zeros_before)
+    def add(self, name: str, w: torch.Tensor, layer: int | None, mtype: str, zeros_before: int = 0,
+            zeros: int | None = None, **extra) -> Row:
+        """Count w's zeros (unless the caller already knows them: `zeros`) and near-zeros under `eps`."""
+        if zeros is None:
+            zeros = w.numel() - int(torch.count_nonzero(w))
+        row = Row(w.numel(), zeros, int((w.abs() <= self.eps).sum()) if self.eps > 0 else 0, zeros_before)
         self.total.add(row)
         self.by_type.setdefault(mtype, Row()).add(row)
         self.by_layer.setdefault("-" if layer is None else str(layer), Row()).add(row)
