@@ -74,13 +74,15 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict]:
     return dict(sorted(infos.items(), key=lambda kv: kv[1].start)), meta
 
 
-def read_tensor(info: TensorInfo, name: str = "") -> torch.Tensor:
-    """One safetensors tensor read into fresh, owned memory with `readinto` (no mmap pages left in RSS)."""
-    buf = torch.empty(info.end - info.start, dtype=torch.uint8)
+def read_tensor(info: TensorInfo, name: str = "", buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """One safetensors tensor read with `readinto` (no mmap pages left in RSS): into fresh, owned memory, or
+    into the front of `buffer` (uint8, large enough) to spare the page faults of a new allocation."""
+    n = info.end - info.start
+    buf = buffer[:n] if buffer is not None and buffer.numel() >= n else torch.empty(n, dtype=torch.uint8)
     with open(info.file, "rb") as f:
         f.seek(info.start)
-        got = f.readinto(memoryview(buf.numpy())) if buf.numel() else 0
-    if got != buf.numel():
+        got = f.readinto(memoryview(buf.numpy())) if n else 0
+    if got != n:
         raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
     return buf.view(info.dtype).reshape(info.shape)
 
@@ -143,8 +145,9 @@ class Checkpoint:
     def info(self, name: str) -> TensorInfo:
         return self.infos[name]
 
-    def read(self, name: str) -> torch.Tensor:
-        """A fresh (owned, writable) CPU tensor (dense, also for weights stored packed)."""
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """A writable CPU tensor (dense, also for weights stored packed): fresh memory, or for a plain
+        safetensors tensor the front of `buffer` when one is given."""
         info = self.infos[name]
         if info.packed:
             from .sparse.format import SUFFIXES, check_parts
@@ -156,26 +159,27 @@ class Checkpoint:
             except ValueError as e:
                 raise LlmpruneError(f"Corrupt sparse weight {name} in {info.file}: {e}") from None
             return dense_weight(parts)
-        return self._read_raw(name)
+        return self._read_raw(name, buffer)
 
-    def _read_raw(self, name: str) -> torch.Tensor:
+    def _read_raw(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.raw[name]
         if info.file.suffix != ".safetensors":
             return self._load_bin(info.file)[name].clone()
-        return read_tensor(info, name)
+        return read_tensor(info, name, buffer)
 
     def iter_bytes(self, name: str, block: int = 16 << 20):
         """The raw bytes of a safetensors tensor in blocks, so untouched tensors are copied, never materialised."""
         info = self.infos[name]
+        buf = memoryview(bytearray(min(block, max(info.end - info.start, 1))))  # one block, reused
         with open(info.file, "rb") as f:
             f.seek(info.start)
             left = info.end - info.start
             while left > 0:
-                data = f.read(min(block, left))
-                if not data:
+                got = f.readinto(buf[: min(len(buf), left)])
+                if not got:
                     raise LlmpruneError(f"Truncated shard {info.file}: '{name}' ended early.")
-                left -= len(data)
-                yield data
+                left -= got
+                yield buf[:got]
 
     def by_file(self) -> dict[Path, list[str]]:
         out: dict[Path, list[str]] = {}
@@ -185,27 +189,42 @@ class Checkpoint:
 
 
 class ReadAhead:
-    """`read(name)` that, asked for the names in a known order, reads the next one on a background thread.
+    """`read(name)` over a checkpoint that, asked for names in a known order, reads the next one on a
+    background thread, into one of two reused buffers.
 
-    File reads release the GIL, so the next tensor's I/O overlaps the current tensor's maths; at most one
-    extra tensor is held. Names asked out of order are simply read.
+    File reads release the GIL, so the next tensor's I/O overlaps the current tensor's maths, and reusing
+    two buffers spares the page faults of fresh memory. Contract: a returned tensor is overwritten by the
+    call after next, so use it up (or copy it) before then. Names asked out of order are read into fresh memory.
     """
 
-    def __init__(self, read, order):
+    def __init__(self, ckpt: "Checkpoint", order):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._read, self._order = read, list(order)
-        self._next = {n: self._order[i + 1] for i, n in enumerate(self._order[:-1])}
+        self._ckpt, order = ckpt, list(order)
+        self._next = {n: (i + 1, order[i + 1]) for i, n in enumerate(order[:-1])}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmprune-read")
         self._pending: dict = {}
+        self._slots: list[torch.Tensor | None] = [None, None]
+
+    def _read_into(self, name: str, slot: int) -> torch.Tensor:
+        need = self._ckpt.info(name).nbytes
+        if self._slots[slot] is None or self._slots[slot].numel() < need:
+            self._slots[slot] = torch.empty(need, dtype=torch.uint8)
+        return self._ckpt.read(name, self._slots[slot])
 
     def __call__(self, name: str) -> torch.Tensor:
         fut = self._pending.pop(name, None)
-        self._pending.clear()  # a prefetch for another name is stale: drop it
-        nxt = self._next.get(name)
-        if nxt is not None:
-            self._pending[nxt] = self._pool.submit(self._read, nxt)
-        return fut.result() if fut is not None else self._read(name)
+        if fut is not None:
+            w = fut.result()
+        else:
+            for stale in self._pending.values():  # let a stale prefetch finish before reusing its buffer
+                stale.result()
+            w = self._ckpt.read(name)
+        self._pending.clear()
+        if name in self._next:
+            i, nxt = self._next[name]
+            self._pending[nxt] = self._pool.submit(self._read_into, nxt, i % 2)
+        return w
 
 
 def read_config(path: Path) -> dict:

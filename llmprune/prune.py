@@ -107,7 +107,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     t1 = time.perf_counter()
     glob = None
     if cfg.pattern is None and cfg.scope == "global":
-        glob = GlobalMagnitude(names, ReadAhead(ckpt.read, sorted(names)), (ckpt.info(n).dtype for n in names),
+        glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
                                sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
         ties = dict(zip(glob.names, glob.threshold.ties))
     else:
@@ -117,7 +117,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     t2 = time.perf_counter()
     stats = SparsityStats()
 
-    read = ReadAhead(ckpt.read, names)  # names are in file order, the order the writer asks for them
+    read = ReadAhead(ckpt, names)  # names are in file order, the order the writer asks for them
 
     def produce(name: str) -> torch.Tensor:
         w = read(name)

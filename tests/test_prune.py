@@ -120,3 +120,14 @@ def test_include_exclude(tmp_path):
     assert set(rec["sparsity"]["by_type"]) == {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
     rec = prune_checkpoint(str(src), tmp_path / "out2", PruneConfig(sparsity=0.5, include=(r"lm_head",)))
     assert list(rec["sparsity"]["tensors"]) == ["lm_head.weight"] or rec["sparsity"]["global"]["params"] > 0
+
+
+def test_read_ahead_returns_the_same_tensors_in_any_order(tmp_path):
+    from llmprune.io import ReadAhead
+
+    src = save_tiny("llama", tmp_path / "src", max_shard_size="100KB")
+    ckpt = Checkpoint(src)
+    names = ckpt.names
+    read = ReadAhead(ckpt, names)
+    for name in names + names[::3] + names:  # in order, out of order, in order again
+        assert torch.equal(read(name).clone(), ckpt.read(name)), name
