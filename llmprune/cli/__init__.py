@@ -24,6 +24,7 @@ def main(verbose: bool) -> None:
 
 def _register() -> None:
     from .analyze import analyze_cmd
+    from .compare import compare_cmd
     from .convert import convert_cmd
     from .eval import eval_cmd
     from .finetune import finetune_cmd
@@ -34,7 +35,7 @@ def _register() -> None:
     from .sweep import plot_cmd, sweep_cmd
 
     for cmd in (prune_cmd, inspect_cmd, eval_cmd, sweep_cmd, plot_cmd, convert_cmd, finetune_cmd, masks_cmd,
-                push_cmd, analyze_cmd):
+                compare_cmd, push_cmd, analyze_cmd):
         main.add_command(cmd)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from ..errors import LlmpruneError
 from ..io import check_output
 from .common import emit, fmt_pct, json_option, stderr
+from .compare import make_ticket_config, ticket_options
 
 
 def _tasks_help() -> str:
@@ -20,6 +22,9 @@ def _tasks_help() -> str:
               "mmlu-category, digits (offline).")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune with global OMP to this fraction first.")
 @click.option("--mask-from", type=click.Path(), default=None, help="A pruned directory: keep its nonzeros, train only those.")
+@click.option("--method", default="omp", show_default=True,
+              help="How the mask at --sparsity is found: omp (one shot, before training), or found while fine-tuning: "
+                   "random, progressive, snip, grasp, earlybird, lth, lth-rewind, lottery-pool, isp.")
 @click.option("--imp", is_flag=True, help="Lottery tickets: iterative magnitude pruning with rewinding to pre-trained weights.")
 @click.option("--rounds", type=int, default=5, show_default=True, help="IMP: number of pruning rounds.")
 @click.option("--rate", type=float, default=0.2, show_default=True, help="IMP: fraction of the remaining weights removed per round.")
@@ -34,12 +39,13 @@ def _tasks_help() -> str:
 @click.option("--max-length", type=int, default=None, help="Tokens per text example [default: the task's].")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (per run / IMP round).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@ticket_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
-def finetune_cmd(model, task, sparsity, mask_from, imp, rounds, rate, train_file, eval_file, max_train_samples,
-                 max_eval_samples, epochs, batch_size, lr, weight_decay, max_length, max_steps, seed, output, overwrite,
-                 as_json):
+def finetune_cmd(model, task, sparsity, mask_from, method, imp, rounds, rate, train_file, eval_file, max_train_samples,
+                 max_eval_samples, epochs, batch_size, lr, weight_decay, max_length, max_steps, seed, stages, weak_runs,
+                 weak_fraction, vote, score_batches, eb_eps, output, overwrite, as_json):
     """Fine-tune MODEL on a task keeping pruned weights at exactly zero.
 
     The mask comes from global one-shot magnitude pruning (--sparsity), from a pruned directory
@@ -50,6 +56,7 @@ def finetune_cmd(model, task, sparsity, mask_from, imp, rounds, rate, train_file
     llmprune finetune ./vit --task cifar10 --mask-from ./vit-omp40 -o vit-c10
     llmprune finetune bert-base-uncased --task glue/rte --imp --rounds 5 --rate 0.2 -o bert-rte-lth
     llmprune finetune all-minilm-l6-v2 --task mmlu-category --sparsity 0.5 --max-train-samples 2000 -o out
+    llmprune finetune bert-base-uncased --task glue/rte --method isp --sparsity 0.6 -o rte-isp60
     """
     from ..finetune import FinetuneConfig, get_task, train_config
 
@@ -58,9 +65,21 @@ def finetune_cmd(model, task, sparsity, mask_from, imp, rounds, rate, train_file
                         max_length=max_length, max_steps=max_steps, seed=seed)
     cfg = FinetuneConfig(task=task, sparsity=sparsity, mask_from=mask_from, train_file=train_file, eval_file=eval_file,
                          max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, train=tcfg)
+    if method != "omp":
+        from ..tickets import get_method
+
+        get_method(method)
+        if imp:
+            raise LlmpruneError(f"--imp and --method {method} both choose the mask: --method lth is IMP with rewinding.")
+        opts = make_ticket_config(stages, weak_runs, weak_fraction, vote, rounds, score_batches, eb_eps)
     check_output(output, overwrite)
     log = lambda s: stderr.print(s, highlight=False)  # noqa: E731
-    if imp:
+    if method != "omp":
+        from ..tickets.run import finetune_ticket
+
+        record = finetune_ticket(model, output, cfg, method, opts, overwrite=overwrite, log=log)
+        rows = [(method, record["sparsity"], record["score"])]
+    elif imp:
         from ..finetune import lottery_tickets
 
         record = lottery_tickets(model, output, cfg, rounds, rate, overwrite=overwrite, log=log)
