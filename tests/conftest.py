@@ -21,3 +21,15 @@ def smollm2_dir():
     from llmprune.models import resolve_model
 
     return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny random LLaMA with its tokenizer saved as an HF directory (for eval and sweep CLI tests)."""
+    from test_eval_mmlu import tiny_llama_and_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    model, tok = tiny_llama_and_tokenizer()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmprune.arch import Selector, arch_for
 from llmprune.config import NMPattern, PruneConfig
-from llmprune.engine import capture_inputs, find_layers, prune_calibrated, prune_model_calibrated_
+from llmprune.engine import prune_calibrated, prune_model_calibrated_
 from llmprune.io import Checkpoint
 from llmprune.methods.sparsegpt import HessianStats, sparsegpt_prune
 from llmprune.methods.wanda import ActNormStats, wanda_prune

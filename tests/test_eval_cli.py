@@ -7,19 +7,15 @@ from click.testing import CliRunner
 from llmprune.cli import main
 from llmprune.cli.eval import eval_cmd
 
-from test_eval_mmlu import tiny_llama_and_tokenizer, write_cais
+from test_eval_mmlu import write_cais
 
 if "eval" not in main.commands:  # until llmprune/cli/__init__.py registers it
     main.add_command(eval_cmd)
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    model, tok = tiny_llama_and_tokenizer()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def ckpt(tiny_lm_dir):
+    return tiny_lm_dir
 
 
 def invoke(*args):

@@ -1,7 +1,6 @@
 """Sparse fine-tuning: pruned weights stay exactly zero, masks from OMP / a pruned dir / IMP, the CLI."""
 import csv
 import json
-import math
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from llmprune.config import PruneConfig
 from llmprune.errors import LlmpruneError
 from llmprune.finetune import (FinetuneConfig, TrainConfig, finetune, get_task, imp_sparsity, load_task,
                                lottery_tickets)
-from llmprune.finetune.train import linear_decay, masks_from_zeros, prunable_params
+from llmprune.finetune.train import linear_decay, prunable_params
 from llmprune.prune import prune_checkpoint
 from tiny import save_tiny
 

@@ -2,7 +2,6 @@
 import json
 import math
 
-import click
 import pytest
 import torch
 from click.testing import CliRunner

@@ -122,12 +122,8 @@ def test_summary_knees_per_method_task_and_category():
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
-    model, tok = tiny_llama_and_tokenizer()
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def ckpt(tiny_lm_dir):
+    return tiny_lm_dir
 
 
 def invoke(*args):
