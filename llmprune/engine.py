@@ -27,6 +27,7 @@ from .arch import arch_for
 from .calib import calibration_batch, describe_batch
 from .config import PruneConfig
 from .errors import LlmpruneError
+from .memory import release_large_frees
 from .methods.sparsegpt import HessianStats, sparsegpt_prune
 from .methods.wanda import ActNormStats, wanda_prune
 from .skeleton import NameMap, build_skeleton, free_, materialise_
@@ -355,6 +356,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
     from .io import atomic_dir
 
     check_method(cfg)
+    release_large_frees()
     t0 = time.perf_counter()
     device = resolve_device(cfg.extra.get("device"))
     ids = calib if calib is not None else calibration_ids(src, ckpt, cfg)

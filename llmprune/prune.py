@@ -21,6 +21,7 @@ from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
 from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
+from .memory import release_large_frees
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .methods.masks import apply_threshold_
 from .models import resolve_model
@@ -88,6 +89,7 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
     and already overlap file I/O through a read-ahead thread, and a multi-threaded op waits a whole
     scheduler tick whenever another process holds a core (measured 7.8x slower on a busy 2-core machine).
     """
+    release_large_frees()
     with torch_threads(threads if cfg.method == "magnitude" else None):
         return _prune_checkpoint(model, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
 
