@@ -37,6 +37,21 @@ def calibration_batch(tokenizer, text: str, n_samples: int, seqlen: int, seed: i
     return sample_windows(tokenize(tokenizer, text), n_samples, seqlen, seed)
 
 
+def context_length(config) -> int | None:
+    """The model's maximum positions, from a config dict or a transformers config (None if it has none)."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    return get("max_position_embeddings") or get("n_positions")
+
+
+def calibration_for(tokenizer, cfg, context: int | None = None) -> torch.Tensor:
+    """The seeded batch a run's config asks for (`calib`, `calib_samples`, `seqlen`, `seed`), drawn from the
+    train split of its text source, with `seqlen` capped at the model's `context`."""
+    from .data import load_text
+
+    seqlen = min(cfg.seqlen, int(context)) if context else cfg.seqlen
+    return calibration_batch(tokenizer, load_text(cfg.calib, "train"), cfg.calib_samples, seqlen, cfg.seed)
+
+
 def describe_batch(batch: torch.Tensor, seed: int) -> dict:
     """What run.json records about the calibration batch: shape, seed and a hash of the token ids."""
     digest = hashlib.sha256(batch.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]

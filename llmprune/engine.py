@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .arch import arch_for
-from .calib import calibration_batch, describe_batch
+from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
 from .errors import LlmpruneError
 from .memory import release_large_frees
@@ -280,14 +280,7 @@ def calibration_ids(src: Path, ckpt, cfg: PruneConfig) -> torch.Tensor:
     """The seeded calibration batch (calib_samples, seqlen) from `cfg.calib`'s train split."""
     from transformers import AutoTokenizer
 
-    from .data import load_text
-
-    seqlen = cfg.seqlen
-    context = ckpt.config.get("max_position_embeddings") or ckpt.config.get("n_positions")
-    if context and seqlen > context:
-        seqlen = int(context)
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    return calibration_batch(tokenizer, load_text(cfg.calib, "train"), cfg.calib_samples, seqlen, cfg.seed)
+    return calibration_for(AutoTokenizer.from_pretrained(src), cfg, context_length(ckpt.config))
 
 
 def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out, cfg: PruneConfig, *,

@@ -132,10 +132,9 @@ def _prune(model, tok, cfg) -> dict:
 
     ids = None
     if cfg.method != "magnitude":
-        from ..calib import calibration_batch
-        from ..data import load_text
+        from ..calib import calibration_for, context_length
 
-        ids = calibration_batch(tok, load_text(cfg.calib, "train"), cfg.calib_samples, cfg.seqlen, cfg.seed)
+        ids = calibration_for(tok, cfg, context_length(model.config))
     n = sum(1 for _ in model.named_parameters())
     with progress(n, f"pruning {cfg.describe()}") as step:
         return prune_model_(model, cfg, ids, step=step)["global"]

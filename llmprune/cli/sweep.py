@@ -62,6 +62,7 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     """
     from ..sweep.knee import parse_sparsities
     from ..sweep.results import ResultsLog
+    from ..calib import context_length
     from ..sweep.run import SweepConfig, calibration_for, default_evaluators, prepare_mmlu, run_sweep
 
     if patterns and sparsities is not None:
@@ -99,7 +100,7 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
                      f"({r['seconds']['prune'] + r['seconds']['eval']:.1f} s)")
 
     t1 = time.perf_counter()
-    records = run_sweep(lm, cfg, log, default_evaluators(cfg, tok, manager), calibration_for(cfg, tok), on_point)
+    records = run_sweep(lm, cfg, log, default_evaluators(cfg, tok, manager), calibration_for(cfg, tok, context_length(lm.config)), on_point)
     timings = {"load": load_s, "sweep": time.perf_counter() - t1, "points_computed": len(records) - before}
     result = _finish(output, cfg.epsilon, log, timings, plot=not no_plot)
     emit(result, as_json, None if as_json else _table(result))

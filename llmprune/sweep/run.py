@@ -141,14 +141,13 @@ def _without_subjects(summary: dict) -> dict:
     return summary
 
 
-def calibration_for(cfg: SweepConfig, tokenizer) -> torch.Tensor | None:
+def calibration_for(cfg: SweepConfig, tokenizer, context: int | None = None) -> torch.Tensor | None:
     """The one calibration batch every calibrated level reuses (None when only magnitude runs)."""
     if all(m == "magnitude" for m in cfg.methods):
         return None
-    from ..calib import calibration_batch
-    from ..data import load_text
+    from .. import calib
 
-    return calibration_batch(tokenizer, load_text(cfg.calib, "train"), cfg.calib_samples, cfg.seqlen, cfg.seed)
+    return calib.calibration_for(tokenizer, cfg, context)
 
 
 def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluators: dict[str, Evaluator],
