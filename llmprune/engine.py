@@ -322,14 +322,15 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
             layer, prefix = layers[i], f"{layers_path}.{i}"
             materialise_(layer, prefix, ckpt, name_of, skeleton, device)
             linears = selected_linears(layer, prefix, is_target)
-            prune_layer_(layer, linears, {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}, inputs, cfg,
-                         device, step)
+            names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
+            zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight)) for leaf, m in linears.items()}
+            prune_layer_(layer, linears, names, inputs, cfg, device, step)
             tensors = {}
             for key, v in layer.state_dict().items():
                 name = name_of(f"{prefix}.{key}")
                 if name is not None:
                     tensors[name] = v.to("cpu", ckpt.info(name).dtype).contiguous()
-            state.save_layer(i, tensors)
+            state.save_layer(i, tensors, zeros_before)
             del tensors
             free_(layer)
             state.finish_layer(i, inputs.hidden if i + 1 < len(layers) else None)
@@ -366,16 +367,17 @@ def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg:
     from .prune import output_metadata
     from .report import SparsityStats
 
-    pruned = {}  # name -> TensorInfo in the saved layer files
+    pruned, zeros_before = {}, {}  # name -> TensorInfo in the saved layer files; name -> zeros before pruning
     for f in sorted(state.root.glob("layer-*.safetensors")):
-        pruned.update(read_safetensors_header(f)[0])
+        infos, meta = read_safetensors_header(f)
+        pruned.update(infos)
+        zeros_before.update(json.loads(meta.get("zeros_before", "{}")))
     stats = SparsityStats()
 
     def produce(name: str) -> torch.Tensor:
         w = read_tensor(pruned[name])
         if name in targets:
-            original = ckpt.read(name)
-            stats.add(name, w, *select.describe(name), zeros_before=original.numel() - int(torch.count_nonzero(original)))
+            stats.add(name, w, *select.describe(name), zeros_before=zeros_before.get(name, 0))
         return w
 
     copy_aux_files(ckpt.path, work)

@@ -42,18 +42,19 @@ class WorkState:
     def acts_file(self, i: int) -> Path:
         return self.root / f"acts-{i:05d}.safetensors"
 
-    def _save(self, tensors: dict, path: Path) -> None:
+    def _save(self, tensors: dict, path: Path, metadata: dict | None = None) -> None:
         from .io import ShardWriter  # streams tensor bytes to disk: no second copy of the activations
 
         tmp = path.with_suffix(".tmp")
-        writer = ShardWriter(tmp, list(tensors))
+        writer = ShardWriter(tmp, list(tensors), metadata)
         for name, t in tensors.items():
             writer.write(name, t)
         writer.close()
         os.replace(tmp, path)
 
-    def save_layer(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
-        self._save(tensors, self.layer_file(i))
+    def save_layer(self, i: int, tensors: dict[str, torch.Tensor], zeros_before: dict[str, int]) -> None:
+        """Layer i's tensors, with each pruned weight's count of zeros before pruning (for the report)."""
+        self._save(tensors, self.layer_file(i), {"zeros_before": json.dumps(zeros_before)})
 
     def finish_layer(self, i: int, next_inputs: torch.Tensor | None) -> None:
         """Record layer i done; `next_inputs` are layer i+1's inputs (None after the last layer)."""

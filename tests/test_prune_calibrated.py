@@ -31,3 +31,17 @@ def test_prune_calibrated_cli(tmp_path, method, shape, fmt):
         if shape[0] == "--pattern":
             assert satisfies_nm(w, 2, 4), n
     assert not (tmp_path / "out.partial").exists()
+
+
+def test_calibrated_run_reports_weights_that_were_already_zero(tmp_path):
+    from tiny import byte_tokenizer, tiny_model
+
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[:, :8] = 0  # (64, 128): 512 zeros before pruning
+    model.save_pretrained(tmp_path / "src")
+    byte_tokenizer().save_pretrained(tmp_path / "src")
+    r = CliRunner().invoke(main, ["prune", str(tmp_path / "src"), "--method", "wanda", "--sparsity", "0.5",
+                                  "--calib-samples", "2", "--seqlen", "32", "-o", str(tmp_path / "out"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["sparsity"]["global"]["zeros_before"] == 64 * 8
