@@ -52,7 +52,8 @@ ARCHS: tuple[ArchSpec, ...] = (
     ArchSpec("llama", ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                        "phi3", "olmo", "olmo2", "granite", "smollm3"),
              ("model.layers",), _LLAMA_ATTN, _LLAMA_MLP),
-    ArchSpec("gemma3", ("gemma3",), ("language_model.layers",), _LLAMA_ATTN, _LLAMA_MLP,
+    ArchSpec("gemma3", ("gemma3",), ("language_model.layers", "language_model.model.layers"),  # memory, saved
+             _LLAMA_ATTN, _LLAMA_MLP,
              auto_class="AutoModelForImageTextToText"),
     ArchSpec("opt", ("opt",), ("decoder.layers",), ("q_proj", "k_proj", "v_proj", "out_proj"), ("fc1", "fc2")),
     ArchSpec("gpt_neox", ("gpt_neox",), ("gpt_neox.layers",), ("attention.query_key_value", "attention.dense"),

@@ -1,9 +1,10 @@
 """The layer-by-layer engine for calibrated methods (Wanda, SparseGPT): one decoder layer resident at a time.
 
-The model is built as a meta-device skeleton (no memory). The calibration batch is run through everything
-before the decoder layer list (embeddings, rotary tables: loaded lazily when first called) until a pre-hook
-on layer 0 captures its inputs and keyword arguments (masks, position ids, `position_embeddings`) and stops
-the forward, so no per-model code is needed. Then, for each decoder layer: load its weights from the
+The model is built as a meta-device skeleton (no memory). The calibration batch is run once through the
+skeleton with pass-through stand-ins for every decoder layer (modules outside the layer list, such as
+embeddings and rotary tables, are loaded lazily when first called): each stand-in records the arguments
+the model's own loop gives its layer (masks, position ids, `position_embeddings`), which differ by layer
+in Gemma2/3 and sliding-window Qwen, so no per-model code is needed and no layer is assumed alike. Then, for each decoder layer: load its weights from the
 checkpoint, run the calibration activations through it with hooks on its prunable linears to collect
 statistics, prune every linear from those statistics (all taken from the unpruned layer, as the Wanda and
 SparseGPT reference drivers do), rerun the pruned layer to produce the next layer's inputs (in place, one
@@ -45,7 +46,7 @@ METHODS = {
 
 
 class _StopForward(Exception):
-    """Raised by the pre-hook on decoder layer 0 once its inputs are captured."""
+    """Raised by the stand-in of the last decoder layer once every layer's inputs are captured."""
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -80,58 +81,110 @@ def chunks(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
-class LayerInputs:
-    """The current layer's inputs for every calibration sample, plus its other arguments per chunk size.
+def model_inputs(batch: torch.Tensor) -> dict:
+    """The forward keyword for a calibration batch: token ids (n, seqlen), or images (n, 3, h, w) for vision models."""
+    return {"input_ids": batch} if not batch.is_floating_point() else {"pixel_values": batch}
 
-    hidden: (n, seqlen, hidden) on the CPU, overwritten in place by each layer's outputs.
-    extra: {chunk batch size: (positional args after the hidden states, keyword args)} on the device.
+
+class LayerInputs:
+    """Every decoder layer's inputs for every calibration sample.
+
+    hidden: (n, seqlen, hidden) on the CPU: the current layer's input hidden states, overwritten in place by
+    each layer's outputs. extra: {chunk batch size: [(positional args after the hidden states, keyword args)
+    for each layer]} on the device. Layers differ (sliding-window vs full attention masks, local vs global
+    rotary tables in Gemma2/3, Qwen's sliding layers), so each keeps the arguments the model itself gave it.
     """
 
-    def __init__(self, hidden: torch.Tensor | None, extra: dict[int, tuple[tuple, dict]], batch_size: int):
+    def __init__(self, hidden: torch.Tensor | None, extra: dict[int, list[tuple[tuple, dict]]], batch_size: int):
         self.hidden, self.extra, self.batch_size = hidden, extra, batch_size
 
-    def iter_chunks(self, device):
+    def iter_chunks(self, device, layer: int):
         for sl in chunks(self.hidden.shape[0], self.batch_size):
-            args, kwargs = self.extra[sl.stop - sl.start]
+            args, kwargs = self.extra[sl.stop - sl.start][layer]
             yield sl, self.hidden[sl].to(device), args, kwargs
 
 
-@torch.no_grad()
-def capture_inputs(model: nn.Module, layers: nn.ModuleList, ids: torch.Tensor, batch_size: int,
-                   device: torch.device, keep_hidden: bool = True) -> LayerInputs:
-    """Run `ids` (n, seqlen) through the model until decoder layer 0 and capture that layer's inputs."""
-    seen: dict = {}
+class _StandIns:
+    """Pass-through stand-ins for every decoder layer: each records its arguments and returns its hidden
+    states unchanged, the last one stops the forward. So one forward of the model gives each layer the very
+    arguments the model's own loop computes for it, without running (or even loading) any layer.
 
-    def grab(module, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-        raise _StopForward
+    Whether the model's loop expects a tensor (transformers 5) or a tuple back is found out by trying: a
+    wrong guess shows up as a later layer receiving something other than the first layer's hidden states.
+    """
 
-    hidden, extra = None, {}
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for sl in chunks(ids.shape[0], batch_size):
-            if not keep_hidden and (sl.stop - sl.start) in extra:
-                continue
+    def __init__(self, layers: nn.ModuleList):
+        self.layers, self.calls, self.as_tuple = layers, [], False
+
+    def __enter__(self):
+        self.saved = [layer.__dict__.get("forward") for layer in self.layers]  # accelerate may have wrapped it
+        for i, layer in enumerate(self.layers):
+            layer.forward = self._stand_in(i)
+        return self
+
+    def __exit__(self, *exc):
+        for layer, saved in zip(self.layers, self.saved):
+            del layer.forward
+            if saved is not None:
+                layer.forward = saved
+
+    def _stand_in(self, i: int):
+        def forward(*args, **kwargs):
+            self.calls.append((i, args, kwargs))
+            if i == len(self.layers) - 1:
+                raise _StopForward
+            x = args[0] if args else kwargs["hidden_states"]
+            return (x,) if self.as_tuple else x
+        return forward
+
+    def run(self, model: nn.Module, inputs: dict) -> list[tuple[torch.Tensor, tuple, dict]]:
+        """[(hidden states, other positional args, keyword args)] of every layer for one forward of `inputs`."""
+        for as_tuple in (False, True):
+            self.calls, self.as_tuple = [], as_tuple
             try:
-                model(input_ids=ids[sl].to(device), use_cache=False)
+                model(**inputs, use_cache=False)
             except _StopForward:
                 pass
-            else:
-                raise LlmpruneError(f"{type(model).__name__} never called its first decoder layer.")
-            args, kwargs = seen["args"], dict(seen["kwargs"])
-            x, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+            except (TypeError, AttributeError, IndexError, RuntimeError) as e:
+                if "meta" in str(e):
+                    raise
+                log.debug("stand-ins returning %s failed: %s", "tuples" if as_tuple else "tensors", e)
+                continue
+            calls = []
+            for i, args, kwargs in self.calls:
+                kwargs = dict(kwargs)
+                x, args = (args[0], args[1:]) if args else (kwargs.pop("hidden_states"), ())
+                calls.append((x, args, kwargs))
+            if len(calls) == len(self.layers) and all(
+                    isinstance(x, torch.Tensor) and x.shape == calls[0][0].shape for x, _, _ in calls):
+                return calls
+        raise LlmpruneError(f"Could not capture the decoder layer inputs of {type(model).__name__}: its forward "
+                            f"did not call its {len(self.layers)} layers in order with the same hidden states.")
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor, batch_size: int,
+                   device: torch.device, keep_hidden: bool = True) -> LayerInputs:
+    """Run `batch` (n, seqlen) token ids (or (n, 3, h, w) images) through the model with stand-ins for the
+    decoder layers, and capture the first layer's hidden states and every layer's own other arguments."""
+    hidden, extra = None, {}
+    with _StandIns(layers) as stand_ins:
+        for sl in chunks(batch.shape[0], batch_size):
+            size = sl.stop - sl.start
+            if not keep_hidden and size in extra:
+                continue
+            calls = stand_ins.run(model, model_inputs(batch[sl].to(device)))
+            x = calls[0][0]
             if keep_hidden:
                 if hidden is None:
-                    hidden = torch.empty((ids.shape[0], *x.shape[1:]), dtype=x.dtype)  # (n, seqlen, hidden)
+                    hidden = torch.empty((batch.shape[0], *x.shape[1:]), dtype=x.dtype)  # (n, seqlen, hidden)
                 hidden[sl] = x.cpu()
-            extra.setdefault(sl.stop - sl.start, (args, kwargs))
-    finally:
-        handle.remove()
+            extra.setdefault(size, [(args, kwargs) for _, args, kwargs in calls])
     return LayerInputs(hidden, extra, batch_size)
 
 
 @torch.no_grad()
-def collect_stats(layer: nn.Module, linears: dict[str, nn.Linear], inputs: LayerInputs, method: str,
+def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], inputs: LayerInputs, method: str,
                   device: torch.device) -> dict[str, object]:
     """Statistics of every linear's inputs over all calibration samples, from one pass of the layer.
 
@@ -160,7 +213,7 @@ def collect_stats(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Layer
 
     handles = [mod.register_forward_pre_hook(hook_for(leaf)) for leaf, mod in linears.items()]
     try:
-        for _, x, args, kwargs in inputs.iter_chunks(device):
+        for _, x, args, kwargs in inputs.iter_chunks(device, index):
             run_layer(layer, x, args, kwargs)
             first[0] = False
             this_chunk.clear()
@@ -171,17 +224,17 @@ def collect_stats(layer: nn.Module, linears: dict[str, nn.Linear], inputs: Layer
 
 
 @torch.no_grad()
-def prune_layer_(layer: nn.Module, linears: dict[str, nn.Linear], names: dict[str, str], inputs: LayerInputs,
-                 cfg: PruneConfig, device: torch.device, step=None) -> None:
-    """Prune the given linears of one resident layer, then replace `inputs.hidden` by the layer's outputs."""
-    stats = collect_stats(layer, linears, inputs, cfg.method, device)
+def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], names: dict[str, str],
+                 inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None) -> None:
+    """Prune the given linears of resident layer `index`, then replace `inputs.hidden` by the layer's outputs."""
+    stats = collect_stats(layer, index, linears, inputs, cfg.method, device)
     prune = METHODS[cfg.method][1]
     for leaf, mod in linears.items():
         mod.weight.data.copy_(prune(mod.weight.data, stats.pop(leaf), cfg, names[leaf]))
         if step:
             step(names[leaf])
     del stats
-    for sl, x, args, kwargs in inputs.iter_chunks(device):
+    for sl, x, args, kwargs in inputs.iter_chunks(device, index):
         inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
 
 
@@ -223,7 +276,7 @@ def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: t
         linears = selected_linears(layer, prefix, select)
         names = {leaf: f"{prefix}.{leaf}.weight" for leaf in linears}
         before = {leaf: int((m.weight == 0).sum()) for leaf, m in linears.items()}
-        prune_layer_(layer, linears, names, inputs, cfg, device, step)
+        prune_layer_(layer, i, linears, names, inputs, cfg, device, step)
         for leaf, m in linears.items():
             summary.add(names[leaf], m.weight.data, *select.describe(names[leaf]), zeros_before=before[leaf])
     return summary.summary(tensors=False)
@@ -324,7 +377,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
             linears = selected_linears(layer, prefix, is_target)
             names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
             zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight)) for leaf, m in linears.items()}
-            prune_layer_(layer, linears, names, inputs, cfg, device, step)
+            prune_layer_(layer, i, linears, names, inputs, cfg, device, step)
             tensors = {}
             for key, v in layer.state_dict().items():
                 name = name_of(f"{prefix}.{key}")

@@ -16,22 +16,44 @@ from .errors import LlmpruneError
 
 
 class NameMap:
-    """Module state-dict key -> checkpoint tensor name (same name, or the checkpoint lacks a leading prefix)."""
+    """Module state-dict key -> checkpoint tensor name: the same name, the name without or with the model's
+    prefix, or the name transformers renames on loading (transformers 5 maps e.g. ViT's saved
+    `encoder.layer.0.attention.attention.query` to the module `layers.0.attention.q_proj`)."""
 
     def __init__(self, model: nn.Module, ckpt_names):
         self.names = set(ckpt_names)
         self.prefix = getattr(model, "base_model_prefix", "") or ""
+        self.renamed = {}
+        for renaming in _load_renamings(model):
+            for name in self.names:
+                new, _ = renaming.rename_source_key(self.renamed.get(name, name))
+                if new != name:
+                    self.renamed[name] = new
+        self.renamed = {new: name for name, new in self.renamed.items()}  # module key -> checkpoint name
+
+    def _lookup(self, key: str) -> str | None:
+        return key if key in self.names else self.renamed.get(key)
 
     def __call__(self, key: str) -> str | None:
-        if key in self.names:
-            return key
         parts = key.split(".")
-        for i in range(1, len(parts)):
-            if ".".join(parts[i:]) in self.names:
-                return ".".join(parts[i:])
-        if self.prefix and f"{self.prefix}.{key}" in self.names:
-            return f"{self.prefix}.{key}"
+        candidates = [".".join(parts[i:]) for i in range(len(parts))]
+        if self.prefix:
+            candidates.append(f"{self.prefix}.{key}")
+        for candidate in candidates:
+            name = self._lookup(candidate)
+            if name is not None:
+                return name
         return None
+
+
+def _load_renamings(model: nn.Module) -> list:
+    """The key renamings transformers applies when loading this model (none with transformers 4)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:
+        return []
+    return [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
 
 
 def build_skeleton(src: Path, config: dict, dtype: torch.dtype) -> nn.Module:
