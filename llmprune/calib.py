@@ -53,6 +53,8 @@ def calibration_for(tokenizer, cfg, context: int | None = None) -> torch.Tensor:
 
 
 def describe_batch(batch: torch.Tensor, seed: int) -> dict:
-    """What run.json records about the calibration batch: shape, seed and a hash of the token ids."""
-    digest = hashlib.sha256(batch.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
-    return {"samples": int(batch.shape[0]), "seqlen": int(batch.shape[1]), "seed": int(seed), "sha256_16": digest}
+    """What run.json records about the calibration batch: shape, seed and a hash of the token ids (or images)."""
+    data = batch if batch.is_floating_point() else batch.to(torch.int64)
+    digest = hashlib.sha256(data.contiguous().numpy().tobytes()).hexdigest()[:16]
+    shape = {"image_size": int(batch.shape[-1])} if batch.is_floating_point() else {"seqlen": int(batch.shape[1])}
+    return {"samples": int(batch.shape[0]), **shape, "seed": int(seed), "sha256_16": digest}

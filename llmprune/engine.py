@@ -330,9 +330,14 @@ def fingerprint(src: Path, ckpt, cfg: PruneConfig, ids: torch.Tensor, dtype, dev
 
 
 def calibration_ids(src: Path, ckpt, cfg: PruneConfig) -> torch.Tensor:
-    """The seeded calibration batch (calib_samples, seqlen) from `cfg.calib`'s train split."""
+    """The seeded calibration batch from `cfg.calib`: token ids (calib_samples, seqlen) from its train split,
+    or images (calib_samples, 3, h, w) for a vision model."""
     from transformers import AutoTokenizer
 
+    from .calib_images import calibration_images, is_vision
+
+    if is_vision(ckpt.config):
+        return calibration_images(src, ckpt.config, cfg.calib, cfg.calib_samples, cfg.seed)
     return calibration_for(AutoTokenizer.from_pretrained(src), cfg, context_length(ckpt.config))
 
 
@@ -404,7 +409,8 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
         from .prune import run_record, sizes
 
         record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total), device=device.type,
-                            calibration={**describe_batch(ids, cfg.seed), "source": cfg.calib or "pydoc"},
+                            calibration={**describe_batch(ids, cfg.seed),
+                                             "source": cfg.calib or ("digits" if ids.is_floating_point() else "pydoc")},
                             resumed_after_layer=start - 1 if start else None)
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record

@@ -1,0 +1,55 @@
+"""Calibration images for vision models (ViT): what Wanda and SparseGPT see instead of token windows.
+
+`--calib` names the source: `digits` (offline default: scikit-learn's bundled 8x8 handwritten digits) or a
+folder of images (`<folder>/<class>/<image>` or images directly in the folder). Samples are drawn with the
+run's seed, resized to the model's `image_size` and normalised with the checkpoint's preprocessor
+mean/std, so a run is reproducible from its run.json.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import LlmpruneError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def is_vision(config) -> bool:
+    """Whether the architecture table runs this model on images."""
+    from .arch import arch_for
+
+    return arch_for(config).auto_class == "AutoModelForImageClassification"
+
+
+def _folder_images(root: Path) -> torch.Tensor:
+    from PIL import Image
+
+    from .finetune.tasks import pil_to_tensor
+
+    files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise LlmpruneError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under {root} for calibration.")
+    return pil_to_tensor([Image.open(f).convert("RGB") for f in files])  # (N, 3, h, w) in [0, 1]
+
+
+def calibration_images(src: Path, config: dict, calib: str | None, n_samples: int, seed: int) -> torch.Tensor:
+    """`n_samples` seeded calibration images for the vision checkpoint at `src`: (n, 3, size, size) floats."""
+    from .finetune.batches import image_norm
+    from .finetune.tasks import digits
+
+    source = calib or "digits"
+    if source == "digits":
+        images = digits(seed).train[0]
+    elif Path(source).is_dir():
+        images = _folder_images(Path(source))
+    else:
+        raise LlmpruneError(f"A vision model calibrates on images: --calib digits (offline, scikit-learn) or a "
+                            f"folder of images, not '{source}'.")
+    g = torch.Generator().manual_seed(int(seed))
+    images = images[torch.randint(0, images.shape[0], (n_samples,), generator=g)]
+    size = int(config.get("image_size", images.shape[-1]))
+    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(src))
+    return ((images - mean) / std).contiguous()  # (n, 3, size, size)
