@@ -27,9 +27,10 @@ from .arch import arch_for
 from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .memory import release_large_frees
+from .memory import reuse_freed_memory
 from .methods.sparsegpt import HessianStats, sparsegpt_prune
 from .methods.wanda import ActNormStats, wanda_prune
+from .profile import Phases
 from .resume import WorkState
 from .skeleton import NameMap, build_skeleton, free_, materialise_
 
@@ -164,22 +165,22 @@ class _StandIns:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor, batch_size: int,
-                   device: torch.device, keep_hidden: bool = True) -> LayerInputs:
+                   device: torch.device, place=None) -> LayerInputs:
     """Run `batch` (n, seqlen) token ids (or (n, 3, h, w) images) through the model with stand-ins for the
-    decoder layers, and capture the first layer's hidden states and every layer's own other arguments."""
+    decoder layers, and capture the first layer's hidden states and every layer's own other arguments.
+
+    `place(shape, dtype)` allocates the CPU buffer of the hidden states (default: in memory).
+    """
+    place = place or (lambda shape, dtype: torch.empty(shape, dtype=dtype))
     hidden, extra = None, {}
     with _StandIns(layers) as stand_ins:
         for sl in chunks(batch.shape[0], batch_size):
-            size = sl.stop - sl.start
-            if not keep_hidden and size in extra:
-                continue
             calls = stand_ins.run(model, model_inputs(batch[sl].to(device)))
             x = calls[0][0]
-            if keep_hidden:
-                if hidden is None:
-                    hidden = torch.empty((batch.shape[0], *x.shape[1:]), dtype=x.dtype)  # (n, seqlen, hidden)
-                hidden[sl] = x.cpu()
-            extra.setdefault(size, [(args, kwargs) for _, args, kwargs in calls])
+            if hidden is None:
+                hidden = place((batch.shape[0], *x.shape[1:]), x.dtype)  # (n, seqlen, hidden)
+            hidden[sl] = x.cpu()
+            extra.setdefault(sl.stop - sl.start, [(args, kwargs) for _, args, kwargs in calls])
     return LayerInputs(hidden, extra, batch_size)
 
 
@@ -225,17 +226,21 @@ def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], i
 
 @torch.no_grad()
 def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], names: dict[str, str],
-                 inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None) -> None:
+                 inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None, phases=None) -> None:
     """Prune the given linears of resident layer `index`, then replace `inputs.hidden` by the layer's outputs."""
-    stats = collect_stats(layer, index, linears, inputs, cfg.method, device)
+    phases = phases or Phases()
+    with phases("statistics"):
+        stats = collect_stats(layer, index, linears, inputs, cfg.method, device)
     prune = METHODS[cfg.method][1]
-    for leaf, mod in linears.items():
-        mod.weight.data.copy_(prune(mod.weight.data, stats.pop(leaf), cfg, names[leaf]))
-        if step:
-            step(names[leaf])
+    with phases("solve"):
+        for leaf, mod in linears.items():
+            mod.weight.data.copy_(prune(mod.weight.data, stats.pop(leaf), cfg, names[leaf]))
+            if step:
+                step(names[leaf])
     del stats
-    for sl, x, args, kwargs in inputs.iter_chunks(device, index):
-        inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
+    with phases("rerun"):
+        for sl, x, args, kwargs in inputs.iter_chunks(device, index):
+            inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
 
 
 def batch_size_for(seqlen: int, cfg: PruneConfig) -> int:
@@ -285,7 +290,7 @@ def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: t
 # --------------------------------------------------------------------------------------------------------
 # Streaming: a checkpoint directory pruned into an output directory, one layer resident.
 
-def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size, device, keep_hidden) -> LayerInputs:
+def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size, device, place=None) -> LayerInputs:
     """`capture_inputs` on the skeleton: modules outside the layer list are loaded when first called, then freed."""
     loaded = []
 
@@ -304,7 +309,7 @@ def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size,
     handles = [m.register_forward_pre_hook(load_on_call(n)) for n, m in outside]
     try:
         try:
-            return capture_inputs(model, layers, ids, batch_size, device, keep_hidden)
+            return capture_inputs(model, layers, ids, batch_size, device, place)
         except (NotImplementedError, RuntimeError) as e:
             if "meta" not in str(e):
                 raise
@@ -314,7 +319,7 @@ def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size,
                 if any(t is not None and t.is_meta for t in (*m._parameters.values(), *m._buffers.values())):
                     materialise_(m, n, ckpt, name_of, model, device, recurse=False)
                     loaded.append(m)
-            return capture_inputs(model, layers, ids, batch_size, device, keep_hidden)
+            return capture_inputs(model, layers, ids, batch_size, device, place)
     finally:
         for h in handles:
             h.remove()
@@ -322,9 +327,65 @@ def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size,
             free_(m, recurse=False)
 
 
+class _SavedLayer:
+    """A finished layer's saved tensors, read like a checkpoint (for `materialise_`)."""
+
+    def __init__(self, infos: dict):
+        self.infos = infos
+
+    def read(self, name: str) -> torch.Tensor:
+        from .io import read_tensor
+
+        return read_tensor(self.infos[name])
+
+
+@torch.no_grad()
+def replay_(inputs: LayerInputs, layers, layers_path: str, state: WorkState, start: int, skeleton, name_of,
+            device) -> None:
+    """Turn layer 0's inputs into layer `start`'s by running them through the finished, pruned layers
+    0..start-1 read back from the work dir (the caller runs with the original run's thread count)."""
+    for i in range(start):
+        prefix = f"{layers_path}.{i}"
+        materialise_(layers[i], prefix, _SavedLayer(state.read_layer(i)), name_of, skeleton, device)
+        for sl, x, args, kwargs in inputs.iter_chunks(device, i):
+            inputs.hidden[sl] = run_layer(layers[i], x, args, kwargs).to("cpu", inputs.hidden.dtype)
+        free_(layers[i])
+
+
+ACTIVATIONS = ("auto", "memory", "disk")
+
+
+def activation_placement(cfg: PruneConfig, batch: torch.Tensor, config: dict, dtype: torch.dtype, path: Path):
+    """Where the calibration activations live: in memory, or in a file mapped into memory (`disk`). `auto`
+    keeps them in memory when they take under half of the memory available now."""
+    import psutil
+
+    choice = cfg.extra.get("activations") or "auto"
+    if choice not in ACTIVATIONS:
+        raise LlmpruneError(f"Unknown --activations '{choice}'. Available: {', '.join(ACTIVATIONS)}.")
+    hidden = int(config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size") or 0)
+    tokens = batch.shape[0] * (batch.shape[1] if not batch.is_floating_point() else 1)
+    estimate = tokens * hidden * dtype.itemsize
+    if choice == "auto":
+        choice = "memory" if estimate < psutil.virtual_memory().available // 2 else "disk"
+    log.info("calibration activations (~%.0f MB) kept %s", estimate / 1e6,
+             "in memory" if choice == "memory" else f"in {path}")
+    if choice == "memory":
+        return None
+
+    def on_disk(shape, dtype):
+        n = 1
+        for d in shape:
+            n *= d
+        return torch.from_file(str(path), shared=True, size=n, dtype=dtype).view(shape)
+    return on_disk
+
+
 def fingerprint(src: Path, ckpt, cfg: PruneConfig, ids: torch.Tensor, dtype, device) -> str:
     files = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in ckpt.files]
-    blob = json.dumps([str(src), files, cfg.to_json(), describe_batch(ids, cfg.seed), str(dtype), device.type,
+    settings = cfg.to_json()
+    settings["extra"] = {k: v for k, v in settings["extra"].items() if k != "activations"}  # placement only
+    blob = json.dumps([str(src), files, settings, describe_batch(ids, cfg.seed), str(dtype), device.type,
                        torch.__version__], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -352,7 +413,8 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
     from .io import atomic_dir
 
     check_method(cfg)
-    release_large_frees()
+    reuse_freed_memory()
+    phases = Phases()
     t0 = time.perf_counter()
     device = resolve_device(cfg.extra.get("device"))
     ids = calib if calib is not None else calibration_ids(src, ckpt, cfg)
@@ -366,43 +428,61 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
 
     with atomic_dir(out, overwrite, keep_partial=True) as work:
         state = WorkState(work / "engine", fingerprint(src, ckpt, cfg, ids, dtype, device))
-        start = state.done + 1
-        t1 = time.perf_counter()
-        if start < len(layers):  # (a run killed while assembling has every layer done already)
-            inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
-                                      batch_size_for(ids.shape[1], cfg), device, keep_hidden=start == 0)
-        if 0 < start < len(layers):
-            inputs.hidden = state.load_acts(start)
-            log.info("resuming after layer %d of %d", start - 1, len(layers))
-        per_layer = []
-        for i in range(start, len(layers)):
-            t = time.perf_counter()
-            layer, prefix = layers[i], f"{layers_path}.{i}"
-            materialise_(layer, prefix, ckpt, name_of, skeleton, device)
-            linears = selected_linears(layer, prefix, is_target)
-            names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
-            zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight)) for leaf, m in linears.items()}
-            prune_layer_(layer, i, linears, names, inputs, cfg, device, step)
-            tensors = {}
-            for key, v in layer.state_dict().items():
-                name = name_of(f"{prefix}.{key}")
-                if name is not None:
-                    tensors[name] = v.to("cpu", ckpt.info(name).dtype).contiguous()
-            state.save_layer(i, tensors, zeros_before)
-            del tensors
-            free_(layer)
-            state.finish_layer(i, inputs.hidden if i + 1 < len(layers) else None)
-            per_layer.append(time.perf_counter() - t)
-            if on_layer:
-                on_layer(i)
+        threads = torch.get_num_threads()
+        try:
+            start = state.done + 1
+            t1 = time.perf_counter()
+            if start < len(layers):  # (a run killed while assembling has every layer done already)
+                with phases("capture"):
+                    place = activation_placement(cfg, ids, ckpt.config, dtype, work / "engine" / "acts.bin")
+                    inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
+                                              batch_size_for(ids.shape[1], cfg), device, place)
+                if start:
+                    # float sums depend on how work is split across threads: keep the original split
+                    log.info("resuming after layer %d of %d with its %d threads: recomputing its inputs",
+                             start - 1, len(layers), state.threads)
+                    torch.set_num_threads(state.threads)
+                    with phases("replay"):
+                        replay_(inputs, layers, layers_path, state, start, skeleton, name_of, device)
+            per_layer = []
+            for i in range(start, len(layers)):
+                t = time.perf_counter()
+                layer, prefix = layers[i], f"{layers_path}.{i}"
+                with phases("load"):
+                    materialise_(layer, prefix, ckpt, name_of, skeleton, device)
+                    linears = selected_linears(layer, prefix, is_target)
+                    names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
+                    zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight))
+                                    for leaf, m in linears.items()}
+                prune_layer_(layer, i, linears, names, inputs, cfg, device, step, phases)
+                with phases("save"):  # the write itself runs on a thread while the next layer computes
+                    tensors = {}
+                    for key, v in layer.state_dict().items():
+                        name = name_of(f"{prefix}.{key}")
+                        if name is not None:
+                            tensors[name] = v.to("cpu", ckpt.info(name).dtype).contiguous()
+                    state.save_layer(i, tensors, zeros_before)
+                    del tensors
+                    free_(layer)
+                per_layer.append(time.perf_counter() - t)
+                if on_layer:
+                    on_layer(i)
+            with phases("save"):
+                state.wait()
+        finally:
+            state.close()
+            torch.set_num_threads(threads)
         timings["layers"] = time.perf_counter() - t1
         timings["per_layer_mean"] = sum(per_layer) / len(per_layer) if per_layer else 0.0
         inputs = None
+        (work / "engine" / "acts.bin").unlink(missing_ok=True)
 
         t2 = time.perf_counter()
-        stats, total = assemble(work, state, ckpt, targets, select, cfg, fmt, step)
+        with phases("assemble"):
+            stats, total = assemble(work, state, ckpt, targets, select, cfg, fmt, step)
         timings["write"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
+        timings["profile"] = phases.summary()
         for f in state.root.iterdir():
             f.unlink()
         state.root.rmdir()

@@ -89,7 +89,8 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
     and already overlap file I/O through a read-ahead thread, and a multi-threaded op waits a whole
     scheduler tick whenever another process holds a core (measured 7.8x slower on a busy 2-core machine).
     """
-    release_large_frees()
+    if cfg.method == "magnitude":
+        release_large_frees()  # (the calibrated engine sets its own allocator policy)
     with torch_threads(threads if cfg.method == "magnitude" else None):
         return _prune_checkpoint(model, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
 

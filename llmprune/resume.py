@@ -1,14 +1,19 @@
 """Resumable progress of a streamed calibration run, kept in `<out>.partial/engine`.
 
-After each decoder layer: its pruned tensors, the next layer's input activations and a progress record
-(with a fingerprint of the run's arguments), each written to a temporary name and renamed into place, so a
-run killed at any instant (even with kill -9) leaves a consistent state to resume from.
+After each decoder layer its pruned tensors are written (to a temporary name, renamed into place) and then
+a progress record (with a fingerprint of the run's arguments), so a run killed at any instant (even with
+kill -9) leaves a consistent state. Writing happens on a background thread while the next layer computes;
+at most one layer is in flight. The calibration activations are not saved: a resumed run recomputes them by
+running the calibration batch through the finished (pruned) layers again, with the thread count of the
+original run, which reproduces them bit for bit (one forward per finished layer, no disk traffic of
+samples x seqlen x hidden per layer).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -17,56 +22,67 @@ log = logging.getLogger(__name__)
 
 
 class WorkState:
-    """Progress of a streamed run inside `<out>.partial/engine`: finished layers, activations, a fingerprint.
+    """Progress of a streamed run inside `<out>.partial/engine`: finished layers and a fingerprint.
 
-    Each step is a file renamed into place, so a run killed at any instant leaves a consistent state.
+    `done` is the last finished layer (-1: none); `threads` the intra-op thread count the run used.
     """
 
     def __init__(self, root: Path, fingerprint: str):
         self.root, self.fingerprint = root, fingerprint
-        self.done = -1
+        self.done, self.threads = -1, torch.get_num_threads()
         progress = root / "progress.json"
         if progress.exists():
             saved = json.loads(progress.read_text())
             if saved.get("fingerprint") == fingerprint:
-                self.done = int(saved["done"])
+                self.done, self.threads = int(saved["done"]), int(saved.get("threads", self.threads))
             else:
                 log.warning("discarding the unfinished run in %s: it used different arguments", root)
                 for f in root.iterdir():
                     f.unlink()
         root.mkdir(parents=True, exist_ok=True)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmprune-save")
+        self._pending: Future | None = None
 
     def layer_file(self, i: int) -> Path:
         return self.root / f"layer-{i:05d}.safetensors"
 
-    def acts_file(self, i: int) -> Path:
-        return self.root / f"acts-{i:05d}.safetensors"
+    def read_layer(self, i: int) -> dict:
+        """{checkpoint name: TensorInfo} of finished layer i's saved tensors."""
+        from .io import read_safetensors_header
 
-    def _save(self, tensors: dict, path: Path, metadata: dict | None = None) -> None:
-        from .io import ShardWriter  # streams tensor bytes to disk: no second copy of the activations
+        return read_safetensors_header(self.layer_file(i))[0]
 
+    def _write(self, i: int, tensors: dict[str, torch.Tensor], zeros_before: dict[str, int]) -> None:
+        from .io import ShardWriter  # streams tensor bytes to disk
+
+        path = self.layer_file(i)
         tmp = path.with_suffix(".tmp")
-        writer = ShardWriter(tmp, list(tensors), metadata)
+        writer = ShardWriter(tmp, list(tensors), {"zeros_before": json.dumps(zeros_before)})
         for name, t in tensors.items():
             writer.write(name, t)
         writer.close()
         os.replace(tmp, path)
+        record = self.root / "progress.tmp"
+        record.write_text(json.dumps({"fingerprint": self.fingerprint, "done": i, "threads": self.threads}))
+        os.replace(record, self.root / "progress.json")
 
     def save_layer(self, i: int, tensors: dict[str, torch.Tensor], zeros_before: dict[str, int]) -> None:
-        """Layer i's tensors, with each pruned weight's count of zeros before pruning (for the report)."""
-        self._save(tensors, self.layer_file(i), {"zeros_before": json.dumps(zeros_before)})
+        """Write layer i's tensors (with each pruned weight's zeros before pruning), then mark it done.
 
-    def finish_layer(self, i: int, next_inputs: torch.Tensor | None) -> None:
-        """Record layer i done; `next_inputs` are layer i+1's inputs (None after the last layer)."""
-        if next_inputs is not None:
-            self._save({"hidden": next_inputs}, self.acts_file(i + 1))
-        tmp = self.root / "progress.tmp"
-        tmp.write_text(json.dumps({"fingerprint": self.fingerprint, "done": i}))
-        os.replace(tmp, self.root / "progress.json")
+        Returns at once; the previous layer's write is waited for first, so at most one is in flight.
+        """
+        self.wait()
+        self._pending = self._writer.submit(self._write, i, tensors, zeros_before)
         self.done = i
-        self.acts_file(i).unlink(missing_ok=True)
 
-    def load_acts(self, i: int) -> torch.Tensor:
-        from .io import read_safetensors_header, read_tensor
+    def wait(self) -> None:
+        """Block until the layer being written is on disk (re-raising its error, e.g. a full disk)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
-        return read_tensor(read_safetensors_header(self.acts_file(i))[0]["hidden"])
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown(wait=True)

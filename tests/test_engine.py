@@ -223,3 +223,39 @@ def test_cuda_matches_cpu(tmp_path):
         a, b = outs["cpu"].read(name), outs["cuda"].read(name)
         assert (a.eq(0) == b.eq(0)).float().mean() > 0.99, name
         assert torch.allclose(a, b, atol=1e-3), name
+
+
+def test_activations_on_disk_equal_in_memory_and_resume(tmp_path):
+    """Activations in a memory-mapped file give the same bytes; a run killed after layer 0 (activations not
+    saved, recomputed from the finished layers on resume, here with another thread count) too."""
+    src = tiny_checkpoint(tmp_path)
+    cfg = PruneConfig(method="sparsegpt", sparsity=0.5, extra={"batch_size": 4})
+    on_disk = PruneConfig(method="sparsegpt", sparsity=0.5, extra={"batch_size": 4, "activations": "disk"})
+    stream(src, tmp_path / "memory", cfg)
+    stream(src, tmp_path / "disk", on_disk)
+    assert digest(tmp_path / "disk") == digest(tmp_path / "memory")
+
+    def kill_after_0(i):
+        if i == 0:
+            raise KeyboardInterrupt
+
+    threads = torch.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        stream(src, tmp_path / "out", on_disk, on_layer=kill_after_0)
+    assert not list((tmp_path / "out.partial" / "engine").glob("acts-*"))  # no activations written per layer
+    torch.set_num_threads(2 if threads == 1 else 1)
+    try:
+        seen = []
+        stream(src, tmp_path / "out", cfg, on_layer=seen.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1]
+    assert digest(tmp_path / "out") == digest(tmp_path / "memory")
+
+
+def test_unknown_activations_placement(tmp_path):
+    from llmprune.errors import LlmpruneError
+
+    cfg = PruneConfig(method="wanda", sparsity=0.5, extra={"activations": "gpu"})
+    with pytest.raises(LlmpruneError, match="Available: auto, memory, disk"):
+        stream(tiny_checkpoint(tmp_path), tmp_path / "out", cfg)

@@ -104,3 +104,13 @@ def test_config_validation_messages():
         PruneConfig(sparsity=1.0)
     with pytest.raises(LlmpruneError, match="Available: global, layer, row"):
         PruneConfig(scope="model")
+
+
+def test_row_mask_equals_a_stable_sort_with_heavy_ties():
+    g = torch.Generator().manual_seed(0)
+    for score in (torch.randint(-3, 4, (37, 96), generator=g).float(), torch.randn(16, 50, generator=g)):
+        for sparsity in (0.1, 0.5, 0.9):
+            k = round(sparsity * score.shape[1])
+            expected = torch.ones(score.shape, dtype=torch.bool)
+            expected.scatter_(1, torch.sort(score.abs(), dim=1, stable=True).indices[:, :k], False)
+            assert torch.equal(row_mask(score, sparsity), expected)

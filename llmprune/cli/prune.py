@@ -20,12 +20,15 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
 @click.option("--seqlen", type=int, default=None, help="Tokens per calibration sequence [default: 2048, capped at the model's context].")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling [default: 0].")
 @click.option("--device", default=None, help="Where the layer being pruned runs (calibration methods): cpu, cuda, auto.")
+@click.option("--activations", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
+              help="Where calibration activations live (calibration methods): memory, a memory-mapped file in "
+                   "OUTPUT.partial (disk), or memory when they take under half of the free memory (auto).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for magnitude pruning "
               "(memory-bound; file reads already overlap on a background thread). 0: torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
 def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output, fmt, calib, calib_samples, seqlen,
-              seed, device, threads, overwrite, as_json):
+              seed, device, activations, threads, overwrite, as_json):
     """Prune MODEL in one shot and save it to OUTPUT.
 
     MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
@@ -37,7 +40,9 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
     llmprune prune smollm2-135m --pattern 2:4 -o out24             # N:M
     """
     cfg = make_config(method, sparsity, pattern, scope, include, exclude, calib=calib, calib_samples=calib_samples,
-                      seqlen=seqlen, seed=seed, extra={"device": device} if device else {})
+                      seqlen=seqlen, seed=seed,
+                      extra={**({"device": device} if device else {}), **({"activations": activations}
+                                                                          if activations != "auto" else {})})
     check_choice("format", fmt, FORMATS)
     check_output(output, overwrite)
     from ..prune import prune_checkpoint

@@ -193,7 +193,12 @@ def smallest_k_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask pruning round(sparsity * in) smallest |score| in every row of a (out, in) tensor."""
+    """Keep-mask pruning round(sparsity * in) smallest |score| in every row of a (out, in) tensor.
+
+    The same mask as pruning the first k of a stable sort of each row (ties: lower index pruned first), from
+    a selection instead of a sort: the k-th smallest value per row, everything below it, and as many of the
+    values equal to it as are still needed, in index order.
+    """
     out_features, in_features = score.shape
     k = round(sparsity * in_features)
     keep = torch.ones(score.shape, dtype=torch.bool)
@@ -201,9 +206,11 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
         return keep
     rows = max(1, CHUNK // max(in_features, 1))
     for r in range(0, out_features, rows):
-        s = score[r : r + rows].abs().float()
-        order = torch.sort(s, dim=1, stable=True).indices[:, :k]  # (rows, k)
-        keep[r : r + rows].scatter_(1, order, False)
+        s = score[r : r + rows].abs().float()  # (rows, in)
+        kth = torch.kthvalue(s, k, dim=1, keepdim=True).values  # (rows, 1)
+        below, tied = s < kth, s == kth
+        ties_pruned = k - below.sum(dim=1, keepdim=True)  # (rows, 1), >= 1
+        keep[r : r + rows] = ~(below | (tied & (tied.cumsum(dim=1) <= ties_pruned)))
     return keep
 
 

@@ -37,11 +37,10 @@ class HessianStats:
         t = x.shape[0]
         if t == 0:
             return
-        # Running average keeps H's scale independent of the sample count (fp32 stays well-conditioned).
-        self.H *= self.tokens / (self.tokens + t)
-        self.tokens += t
-        x = x * (2.0 / self.tokens) ** 0.5
-        self.H.addmm_(x.T, x)
+        # Running average keeps H's scale independent of the sample count (fp32 stays well-conditioned);
+        # rescale and accumulate in one GEMM, with no scaled copy of x.
+        seen, self.tokens = self.tokens, self.tokens + t
+        self.H.addmm_(x.T, x, beta=seen / self.tokens, alpha=2.0 / self.tokens)
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
