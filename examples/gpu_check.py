@@ -56,7 +56,8 @@ TOL = {
     "mask_mismatch_frac": 1e-3, "weight_rel_err": 2e-2,   # prune on DEVICE vs CPU
     "matmul_rel_err": 1e-2, "logits_rel_err": 2e-2,       # 2:4 kernels vs dense, same weights
     "min_speedup": 1.0,                                   # 2:4 vs dense on CUDA (not judged on CPU)
-    "sparse_vs_fp32_ppl": 2e-2,                           # eval --sparse-kernels (bf16) vs fp32 CPU, same 2:4 model
+    # bf16 vs fp32 of one 2:4 model: SmolLM2 2:4 by magnitude (ppl 2491, fragile) measured 1.4e-2 on CPU
+    "sparse_vs_fp32_ppl": 5e-2,                           # eval --sparse-kernels (bf16) vs fp32 CPU
 }
 # eval rows: (name, model: dense|2:4, flags (DEV = the device under test), reference, ppl rel tol, acc abs tol)
 EVALS = [
@@ -66,7 +67,7 @@ EVALS = [
     ("eval --load-in-8bit", "dense", ["--device", "DEV", "--load-in-8bit"], "fp32", 0.05, 0.05),
     ("eval --load-in-4bit", "dense", ["--device", "DEV", "--load-in-4bit"], "fp32", 0.5, 0.10),
     ("eval 2:4 fp32 cpu", "2:4", ["--device", "cpu", "--dtype", "float32"], None, 0, 0),
-    ("eval 2:4 bf16 DEV", "2:4", ["--device", "DEV", "--dtype", "bfloat16"], "fp32", 0.02, 0.05),
+    ("eval 2:4 bf16 DEV", "2:4", ["--device", "DEV", "--dtype", "bfloat16"], "fp32", 0.05, 0.05),
     ("eval 2:4 bf16 DEV --sparse-kernels", "2:4", ["--device", "DEV", "--dtype", "bfloat16", "--sparse-kernels"],
      "bf16", 0.01, 0.03),
 ]
