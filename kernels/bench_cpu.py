@@ -144,8 +144,8 @@ def bench_layers(shapes, batches, target_bytes: int, budget_s: float) -> list[di
             fns["bf16"], copies["bf16"] = cycling(lambda: (w16.clone(),), lambda w: F.linear(x16, w),
                                                   w16.numel() * 2, target_bytes)
             for p in PATTERNS:
-                fns[p], copies[p] = cycling(lambda p=p: (clone_parts(packed[p]),),
-                                            lambda parts: kernel.sparse_matmul(x16, parts, path),
+                fns[p], copies[p] = cycling(lambda p=p: (kernel.plan(clone_parts(packed[p])),),
+                                            lambda plan: kernel.run(plan, x16, path),
                                             fmt.nbytes(packed[p]), target_bytes)
             load_before = load_str()
             ms, cpu = median_ms(fns, min_reps=9, budget_s=budget_s)

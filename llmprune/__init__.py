@@ -5,13 +5,16 @@ __version__ = "0.1.0"
 def load_pretrained(path, dtype=None, device: str = "cpu", sparse_kernels: bool = False, **kwargs):
     """Load a model directory (dense or llmprune's compact sparse format) as a transformers model.
 
-    With `sparse_kernels=True`, pruned linears run on llmprune's CPU sparse kernels where available.
+    With `sparse_kernels=True`, pruned linears run on sparse kernels for where the model sits: torch's 2:4
+    semi-structured kernels on CUDA, llmprune's bitmask kernels on the CPU (see llmprune.sparse.semi).
     """
     from .models import load_model
 
     model, _ = load_model(path, dtype=dtype, device=device, **kwargs)
     if sparse_kernels:
-        from .sparse.linear import swap_linears_
+        import logging
 
-        swap_linears_(model)
+        from .sparse.semi import use_sparse_kernels_
+
+        logging.getLogger(__name__).info(use_sparse_kernels_(model))
     return model

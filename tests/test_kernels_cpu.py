@@ -9,7 +9,7 @@ from llmprune.errors import LlmpruneError
 from llmprune.methods.masks import nm_mask
 from llmprune.sparse import format as fmt
 from llmprune.sparse import kernel
-from llmprune.sparse.linear import SparseLinear, swap_linears_
+from llmprune.sparse.linear import KernelLinear, SparseLinear, swap_linears_
 
 COMPILED = [p for p in kernel.available_paths() if p != "reference"]  # builds the library once per session
 
@@ -208,3 +208,154 @@ def test_portable_only_build_runs_the_generic_path(monkeypatch):
     x = torch.randn(3, 70)
     assert torch.allclose(kernel.sparse_matmul(x, fmt.pack(w)), x @ w.float().T, atol=1e-5)
     assert torch.equal(kernel.dense_weight(fmt.pack(w)), w)
+
+
+# ---------------------------------------------------------------------------- plans, dtypes, threads
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@pytest.mark.parametrize("dtype,scale", [(torch.bfloat16, 1.0), (torch.float16, 1.0), (torch.float16, 3e-4),
+                                         (torch.float16, 300.0)])  # fp16 subnormal and overflowing outputs
+def test_y_in_x_dtype_is_the_fp32_result_rounded_once(path, dtype, scale):
+    """The library rounds y itself: it must equal torch's rounding of the same fp32 accumulators, bit for bit."""
+    w = (pruned((50, 200), 0.5, torch.float32) * scale).to(dtype)
+    bias = torch.randn(50).to(dtype)
+    p = kernel.plan(fmt.pack(w), bias)
+    for b in (1, 3, 8):
+        x = (torch.randn(b, 200) * scale).to(dtype)
+        got = kernel.run(p, x, "avx512" if path == "avx512bf16" else path)  # same accumulation order as fp32 x
+        want = kernel.run(p, x.float(), "avx512" if path == "avx512bf16" else path).to(dtype)
+        assert got.dtype == dtype
+        assert torch.equal(got.view(torch.int16), want.view(torch.int16)), (got - want).abs().max()
+    if scale == 300.0:
+        assert torch.isinf(got).any()  # the case exercised overflow
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@pytest.mark.parametrize("in_features", [40, 64, 77])
+def test_dense_plan_reads_the_weight_in_place(path, in_features):
+    w = torch.randn(33, in_features).to(torch.bfloat16)
+    bias = torch.randn(33)
+    p = kernel.dense_plan(w, bias)
+    x = torch.randn(5, in_features)
+    want = x.double() @ w.double().T + bias.double()
+    bound = 1e-5 * (x.double().abs() @ w.double().abs().T + bias.double().abs()) + 1e-6
+    assert ((kernel.run(p, x, path).double() - want).abs() <= bound).all()
+    with torch.no_grad():
+        w.mul_(2)  # the plan points at w's storage: it sees the change (a tied weight stays tied)
+    assert ((kernel.run(p, x, path).double() - (2 * (want - bias.double()) + bias.double())).abs() <= 2 * bound).all()
+    with pytest.raises(ValueError, match="contiguous 2-D bf16/fp16"):
+        kernel.dense_plan(w.float())
+
+
+def test_uneven_rows_split_across_threads_give_the_same_result():
+    """Rows are split by bytes, not count: one dense row among near-empty ones lands whole on one thread."""
+    w = pruned((400, 640), 0.97, torch.bfloat16)
+    w[7] = torch.randn(640).to(torch.bfloat16)  # one full row
+    w[390:] = torch.randn(10, 640).to(torch.bfloat16)
+    p = kernel.plan(fmt.pack(w))
+    x = torch.randn(3, 640)
+    one = kernel.run(p, x, num_threads=1)
+    for threads in (2, 3, 8):
+        assert torch.equal(kernel.run(p, x, num_threads=threads), one)
+    assert torch.allclose(one, x @ w.float().T, atol=1e-4)
+
+
+def _before_guard_page(t: torch.Tensor):
+    """A copy of 1-D `t` ending exactly where a PROT_NONE page begins: reading one byte past it faults."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = t.numel() * t.element_size()
+    assert nbytes <= page
+    buf = mmap.mmap(-1, 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None)
+    assert libc.mprotect(ctypes.c_void_p(base + page), page, 0) == 0  # PROT_NONE
+    guarded = torch.frombuffer(buf, dtype=t.dtype, count=t.numel(), offset=page - nbytes)
+    guarded.copy_(t)
+    return guarded, buf
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled kernel on this machine")
+def test_last_row_reads_stay_inside_the_values():
+    """The AVX2 decode reads 16 bytes at each kept value; the last rows must not read past the tensor (a
+    guard page after the values turns any such read into a crash)."""
+    for in_features in (8, 9, 31, 33, 100):
+        w = pruned((3, in_features), 0.5, torch.bfloat16)
+        w[-1, -1] = 1.5  # a kept value at the very end of values
+        parts = fmt.pack(w)
+        parts["values"], keep = _before_guard_page(parts["values"])
+        x = torch.randn(2, in_features)
+        for path in COMPILED:
+            for dtype in (torch.bfloat16, torch.float16):
+                p = kernel.plan({**parts, "values": parts["values"].view(dtype)})
+                assert kernel.run(p, x, path).shape == (2, 3)
+        dense, keep2 = _before_guard_page(w.reshape(-1))
+        want = x @ w.float().T
+        for path in COMPILED:
+            got = kernel.run(kernel.dense_plan(dense.view(3, in_features)), x, path)
+            assert torch.allclose(got, want, atol=1e-4)
+        del keep, keep2
+
+
+def test_run_checks_its_arguments():
+    p = kernel.plan(fmt.pack(pruned((4, 64), 0.5, torch.bfloat16)))
+    with pytest.raises(ValueError, match="64 features"):
+        kernel.run(p, torch.randn(1, 63))
+    with pytest.raises(ValueError, match="1 to 8 rows"):
+        kernel.run(p, torch.randn(9, 64))
+    with pytest.raises(ValueError, match="64 features"):
+        kernel.run(p, torch.randn(1, 64, dtype=torch.float64))
+    assert kernel.run(p, torch.randn(2, 3, 64)[:, 1]).shape == (2, 4)  # strided x is copied first
+    with pytest.raises(ValueError, match="bf16/fp16 values"):
+        kernel.plan(fmt.pack(pruned((4, 64), 0.5, torch.float32)))
+
+
+def test_sparse_linear_plan_follows_moved_tensors():
+    lin = nn.Linear(64, 16).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.masked_fill_(torch.rand(16, 64) < 0.5, 0)
+    sl = SparseLinear.from_linear(lin)
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    first = sl(x)
+    plan = sl.kernel_plan()
+    sl.load_state_dict({k: v.clone() for k, v in sl.state_dict().items()}, assign=True)  # new tensors
+    assert sl.kernel_plan() is not plan and torch.equal(sl(x), first)
+    sl.half()  # values become fp16: a new plan over the new buffers
+    assert sl.weight.dtype == torch.float16
+    assert torch.allclose(sl(x.half()).float(), first.float(), atol=3e-2)
+
+
+def test_kernel_linear_keeps_a_tied_weight_tied():
+    emb = nn.Embedding(50, 64).to(torch.bfloat16)
+    head = nn.Linear(64, 50, bias=False).to(torch.bfloat16)
+    head.weight = emb.weight
+    kl = KernelLinear.from_linear(head)
+    assert kl.weight is emb.weight
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    assert torch.allclose(kl(x).float(), x.float() @ emb.weight.float().T, atol=1e-2, rtol=1e-2)
+    with torch.no_grad():
+        emb.weight.mul_(-1)
+    assert torch.allclose(kl(x).float(), x.float() @ emb.weight.float().T, atol=1e-2, rtol=1e-2)
+    x12 = torch.randn(12, 64, dtype=torch.bfloat16)  # more rows than the kernel takes: F.linear
+    assert torch.equal(kl(x12), torch.nn.functional.linear(x12, emb.weight))
+    kl.float()
+    assert torch.allclose(kl(x.float()), x.float() @ emb.weight.float().T, atol=1e-5)  # plan dropped, F.linear
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled kernel on this machine")
+def test_swap_puts_dense_and_tied_bf16_linears_on_the_dense_kernel():
+    model = tiny_llama()
+    swap_linears_(model)
+    assert type(model.lm_head) is KernelLinear and model.lm_head.weight is model.model.embed_tokens.weight
+    model2 = tiny_llama()
+    swap_linears_(model2, dense_kernels=False)
+    assert type(model2.lm_head) is nn.Linear
+
+
+@pytest.mark.skipif(not COMPILED, reason="no compiled kernel on this machine")
+def test_stream_bandwidth_probe_reports_both_figures():
+    bw = kernel.stream_bandwidth(nbytes=4 << 20, num_threads=2, repeats=2)
+    assert set(bw) == {"read_gbs", "copy_gbs"} and all(v > 0 for v in bw.values())

@@ -28,6 +28,7 @@ def _register() -> None:
     from .convert import convert_cmd
     from .eval import eval_cmd
     from .finetune import finetune_cmd
+    from .generate import generate_cmd
     from .inspect import inspect_cmd
     from .masks import masks_cmd
     from .prune import prune_cmd
@@ -35,7 +36,7 @@ def _register() -> None:
     from .sweep import plot_cmd, sweep_cmd
 
     for cmd in (prune_cmd, inspect_cmd, eval_cmd, sweep_cmd, plot_cmd, convert_cmd, finetune_cmd, masks_cmd,
-                compare_cmd, push_cmd, analyze_cmd):
+                compare_cmd, push_cmd, analyze_cmd, generate_cmd):
         main.add_command(cmd)
 
 
