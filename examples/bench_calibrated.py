@@ -25,16 +25,19 @@ REFERENCE_S = {("wanda", 1): 73.7, ("wanda", 2): 37.8, ("sparsegpt", 1): 121.8, 
 CLI = [sys.executable, "-c", "from llmprune.cli import main; main()"]
 
 
-def run_measured(cmd: list[str], threads: int) -> tuple[subprocess.CompletedProcess, dict]:
+def run_measured(cmd: list[str], threads: int) -> tuple[str, dict]:
+    """Run a command with `threads` intra-op threads; its stdout, and its peak RSS, CPU time and faults."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # (no pipe to fill up)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if code:
-        raise SystemExit(f"{' '.join(cmd[3:])} failed ({code}):\n{err[-2000:]}")
-    return out, {"peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 2),
-                 "system_s": round(ru.ru_stime, 2), "minor_faults": ru.ru_minflt}
+        raise SystemExit(f"{' '.join(cmd[3:])} failed ({code}):\n{stderr[-2000:]}")
+    return stdout, {"peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 2),
+                    "system_s": round(ru.ru_stime, 2), "minor_faults": ru.ru_minflt}
 
 
 DENSE = """

@@ -36,32 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmprune._kernels.bench_cpu import llc_bytes, load_str, log  # the kernel benchmark's helpers
 from llmprune.decode import compare, dense_variants, forced_logits, tie_check
 from llmprune.sparse import format as fmt
 from llmprune.sparse import kernel
 from llmprune.sparse.linear import KernelLinear, SparseLinear, swap_linears_
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load_str() -> str:
-    return "/".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def llc_bytes() -> int:
-    """Last-level cache size from sysfs (32 MiB if unreadable)."""
-    best = (0, 32 << 20)
-    for index in __import__("pathlib").Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level, kind = int((index / "level").read_text()), (index / "type").read_text().strip()
-            size = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        if kind != "Instruction":
-            best = max(best, (level, int(size.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)))
-    return best[1]
 
 
 # ---------------------------------------------------------------------------- models

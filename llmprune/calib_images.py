@@ -36,7 +36,7 @@ def _folder_images(root: Path) -> torch.Tensor:
 
 def calibration_images(src: Path, config: dict, calib: str | None, n_samples: int, seed: int) -> torch.Tensor:
     """`n_samples` seeded calibration images for the vision checkpoint at `src`: (n, 3, size, size) floats."""
-    from .finetune.batches import image_norm
+    from .finetune.batches import pixel_values
     from .finetune.tasks import digits
 
     source = calib or "digits"
@@ -49,7 +49,4 @@ def calibration_images(src: Path, config: dict, calib: str | None, n_samples: in
                             f"folder of images, not '{source}'.")
     g = torch.Generator().manual_seed(int(seed))
     images = images[torch.randint(0, images.shape[0], (n_samples,), generator=g)]
-    size = int(config.get("image_size", images.shape[-1]))
-    images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(src))
-    return ((images - mean) / std).contiguous()  # (n, 3, size, size)
+    return pixel_values(images, int(config.get("image_size", images.shape[-1])), src).contiguous()  # (n, 3, s, s)

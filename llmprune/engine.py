@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -140,6 +141,7 @@ class _StandIns:
 
     def run(self, model: nn.Module, inputs: dict) -> list[tuple[torch.Tensor, tuple, dict]]:
         """[(hidden states, other positional args, keyword args)] of every layer for one forward of `inputs`."""
+        error = None
         for as_tuple in (False, True):
             self.calls, self.as_tuple = [], as_tuple
             try:
@@ -150,6 +152,7 @@ class _StandIns:
                 if "meta" in str(e):
                     raise
                 log.debug("stand-ins returning %s failed: %s", "tuples" if as_tuple else "tensors", e)
+                error = e
                 continue
             calls = []
             for i, args, kwargs in self.calls:
@@ -160,7 +163,8 @@ class _StandIns:
                     isinstance(x, torch.Tensor) and x.shape == calls[0][0].shape for x, _, _ in calls):
                 return calls
         raise LlmpruneError(f"Could not capture the decoder layer inputs of {type(model).__name__}: its forward "
-                            f"did not call its {len(self.layers)} layers in order with the same hidden states.")
+                            f"did not call its {len(self.layers)} layers in order with the same hidden states."
+                            ) from error
 
 
 @torch.no_grad()
@@ -355,30 +359,24 @@ def replay_(inputs: LayerInputs, layers, layers_path: str, state: WorkState, sta
 ACTIVATIONS = ("auto", "memory", "disk")
 
 
-def activation_placement(cfg: PruneConfig, batch: torch.Tensor, config: dict, dtype: torch.dtype, path: Path):
-    """Where the calibration activations live: in memory, or in a file mapped into memory (`disk`). `auto`
-    keeps them in memory when they take under half of the memory available now."""
+def activation_placement(cfg: PruneConfig, path: Path):
+    """`place(shape, dtype)` for the calibration activations: in memory, or in a file mapped into memory
+    (`disk`); `auto` keeps them in memory when they take under half of the memory available now."""
     import psutil
 
     choice = cfg.extra.get("activations") or "auto"
     if choice not in ACTIVATIONS:
         raise LlmpruneError(f"Unknown --activations '{choice}'. Available: {', '.join(ACTIVATIONS)}.")
-    hidden = int(config.get("hidden_size") or (config.get("text_config") or {}).get("hidden_size") or 0)
-    tokens = batch.shape[0] * (batch.shape[1] if not batch.is_floating_point() else 1)
-    estimate = tokens * hidden * dtype.itemsize
-    if choice == "auto":
-        choice = "memory" if estimate < psutil.virtual_memory().available // 2 else "disk"
-    log.info("calibration activations (~%.0f MB) kept %s", estimate / 1e6,
-             "in memory" if choice == "memory" else f"in {path}")
-    if choice == "memory":
-        return None
 
-    def on_disk(shape, dtype):
-        n = 1
-        for d in shape:
-            n *= d
+    def place(shape, dtype):
+        n = math.prod(shape)
+        on_disk = choice == "disk" or (choice == "auto" and n * dtype.itemsize >= psutil.virtual_memory().available // 2)
+        log.info("calibration activations (%.0f MB) kept %s", n * dtype.itemsize / 1e6,
+                 f"in {path}" if on_disk else "in memory")
+        if not on_disk:
+            return torch.empty(shape, dtype=dtype)
         return torch.from_file(str(path), shared=True, size=n, dtype=dtype).view(shape)
-    return on_disk
+    return place
 
 
 def fingerprint(src: Path, ckpt, cfg: PruneConfig, ids: torch.Tensor, dtype, device) -> str:
@@ -434,7 +432,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
             t1 = time.perf_counter()
             if start < len(layers):  # (a run killed while assembling has every layer done already)
                 with phases("capture"):
-                    place = activation_placement(cfg, ids, ckpt.config, dtype, work / "engine" / "acts.bin")
+                    place = activation_placement(cfg, work / "engine" / "acts.bin")
                     inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
                                               batch_size_for(ids.shape[1], cfg), device, place)
                 if start:

@@ -20,6 +20,14 @@ def image_norm(model_dir: Path | None) -> tuple[list[float], list[float]]:
     return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
+def pixel_values(x: torch.Tensor, size: int, model_dir: Path | None) -> torch.Tensor:
+    """Images (B, 3, h, w) in [0, 1] resized to (size, size) and normalised as the checkpoint expects."""
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(model_dir))
+    return (x - mean) / std
+
+
 def make_loaders(data: TaskData, model, tokenizer, batch_size: int, eval_batch_size: int, max_length: int,
                  seed: int, model_dir: Path | None = None) -> tuple[DataLoader, DataLoader]:
     """(train loader, shuffled with `seed`; eval loader, in order) yielding dicts the model takes, with labels."""
@@ -38,13 +46,10 @@ def make_loaders(data: TaskData, model, tokenizer, batch_size: int, eval_batch_s
         train, evals = data.train, data.eval
     else:
         size = model.config.image_size
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(model_dir))
 
         def collate(batch):
             x = torch.stack([b[0] for b in batch])  # (B, 3, h, w) in [0, 1]
-            if x.shape[-1] != size or x.shape[-2] != size:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            return {"pixel_values": (x - mean) / std, "labels": torch.stack([b[1] for b in batch])}
+            return {"pixel_values": pixel_values(x, size, model_dir), "labels": torch.stack([b[1] for b in batch])}
 
         train, evals = TensorDataset(*data.train), TensorDataset(*data.eval)
     return (DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate, drop_last=False),
