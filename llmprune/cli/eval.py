@@ -75,6 +75,10 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
                           calib_samples=calib_samples, seqlen=seqlen, seed=seed)
     elif method != "magnitude":
         raise LlmpruneError(f"--method {method} needs --sparsity or --pattern (what to prune to).")
+    if cfg is not None and (load_in_8bit or load_in_4bit):  # bitsandbytes stores codes, not weights
+        flag = "--load-in-8bit" if load_in_8bit else "--load-in-4bit"
+        raise LlmpruneError(f"{flag} cannot be combined with --sparsity/--pattern: pruning would rank quantized codes, "
+                            f"not weights. Prune first (llmprune prune MODEL ... -o OUT), then: llmprune eval {tasks} OUT {flag}.")
     kwargs = loading_kwargs(load_in_8bit, load_in_4bit, device)
     lm_tasks = [t for t in names if t not in ("mmlu", "ppl")]
     manager = folder = None

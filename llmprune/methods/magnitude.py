@@ -19,7 +19,7 @@ class GlobalMagnitude:
 
     `read(name)` returns a tensor; it is called once per name (16-bit weights) or twice (fp32 or mixed
     dtypes) while the histogram is built. Ties at the threshold are broken by sorted name, then row-major
-    index, so streamed and in-memory runs give identical masks.
+    index, so streamed and in-memory runs give identical masks. A tensor holding NaN or inf is refused by name.
     """
 
     def __init__(self, names: Iterable[str], read: Callable[[str], torch.Tensor], dtypes: Iterable[torch.dtype],
@@ -34,7 +34,7 @@ class GlobalMagnitude:
                 for chunk in iter_chunks(read(name)):
                     yield i, chunk
 
-        self.threshold: Threshold = kth_threshold(iter_keys, self.k, self.bits, len(self.names))
+        self.threshold: Threshold = kth_threshold(iter_keys, self.k, self.bits, len(self.names), self.names)
         self._ties = dict(zip(self.names, self.threshold.ties))
 
     def mask(self, name: str, w: torch.Tensor) -> torch.Tensor:
