@@ -100,8 +100,8 @@ def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]]
     `iter_values()` yields (tensor index, flat chunk). 15-bit keys need one pass (a 32,768-bin histogram);
     31-bit keys two: the high 15 bits, then the low 16 bits of the values inside the bins holding a
     threshold. Ties at a threshold go to tensors in index order, so masks do not depend on the order they
-    are made in, and the masks of increasing k are nested. A tensor holding NaN or inf is refused with an
-    error naming `names[i]` (read off the histogram's top bins, so the check costs nothing).
+    are made in, and the masks of increasing k are nested. With `names` (the values are weights), a tensor
+    holding NaN or inf is refused with an error naming `names[i]`, read off the histogram's top bins for free.
     """
     assert sys.byteorder == "little"
     out: list[Threshold | None] = [Threshold(key=-1, ties=(0,) * count) if k <= 0 else None for k in ks]
@@ -116,8 +116,8 @@ def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]]
         h = fast.hist_high15(x, bits)
         if h is None:
             h = torch.bincount(_high_keys(x, bits), minlength=1 << 15).cpu()
-        if int(h[_NONFINITE_BIN.get(x.dtype, 0x7F80):].sum()):
-            raise nonfinite_error(names[i] if names is not None else None)
+        if names is not None and int(h[_NONFINITE_BIN.get(x.dtype, 0x7F80):].sum()):
+            raise nonfinite_error(names[i])
         hist += h
         if per_tensor is not None:
             per_tensor[i] += h.to(torch.int32)
