@@ -9,15 +9,10 @@ from click.testing import CliRunner
 
 from llmprune.card import base_model_id, model_card, read_extras
 from llmprune.cli import main
-from llmprune.cli.push import push_cmd
 from llmprune.config import PruneConfig, parse_pattern
 from llmprune.push import git_blob_sha, plan_push
 from llmprune.prune import prune_checkpoint
 from tiny import save_tiny
-
-if "push" not in main.commands:
-    main.add_command(push_cmd)
-
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])

@@ -6,7 +6,6 @@ import torch
 from click.testing import CliRunner
 
 from llmprune.cli import main
-from llmprune.cli.sweep import plot_cmd, sweep_cmd
 from llmprune.config import PruneConfig
 from llmprune.methods.masks import iter_chunks, kth_threshold
 from llmprune.prune import prune_model_
@@ -15,10 +14,6 @@ from llmprune.sweep.results import ResultsLog, read_results, summarize
 from llmprune.sweep.run import SweepConfig, run_sweep
 
 from test_eval_mmlu import tiny_llama_and_tokenizer, write_cais
-
-for _cmd in (sweep_cmd, plot_cmd):  # until llmprune/cli/__init__.py registers them
-    if _cmd.name not in main.commands:
-        main.add_command(_cmd)
 
 
 @pytest.mark.parametrize("dtype, bits", [(torch.float32, 31), (torch.bfloat16, 15)])
