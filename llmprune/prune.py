@@ -20,7 +20,7 @@ from . import __version__
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
+from .io import Checkpoint, ReadAhead, atomic_dir, check_not_input, check_output, copy_aux_files
 from .memory import release_large_frees
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .methods.masks import apply_threshold_, check_finite
@@ -118,6 +118,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     out = check_output(out, overwrite)
     t0 = time.perf_counter()
     src = resolve_model(model)
+    check_not_input(out, src)
     ckpt = Checkpoint(src)
     select, names = prunable_names(ckpt, cfg)
     if cfg.method != "magnitude":

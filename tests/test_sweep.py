@@ -93,7 +93,9 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
 
 def test_results_from_another_sweep_are_refused(tmp_path):
     cfg = SweepConfig(model="a", sparsities=(0.5,))
-    ResultsLog(tmp_path, cfg.identity())
+    ResultsLog(tmp_path, cfg.identity()).append({"method": "dense", "level": "dense", "task": "ppl"})
+    assert not (tmp_path / "fresh").exists() and ResultsLog(tmp_path / "fresh", cfg.identity()).records == []
+    assert not (tmp_path / "fresh").exists()  # nothing until the first point
     other = SweepConfig(model="a", sparsities=(0.5,), seqlen=128)
     with pytest.raises(Exception, match=r"holds a different sweep \(seqlen=2048 there, 128 now\).*--overwrite"):
         ResultsLog(tmp_path, other.identity())

@@ -60,6 +60,12 @@ def prune_options(f, default_sparsity: float | None = 0.5):
 
 def make_config(method, sparsity, pattern, scope, include=(), exclude=(), **calib) -> PruneConfig:
     """Validate the flags into a PruneConfig before any weights are loaded."""
+    if pattern is not None and sparsity is not None and explicit("sparsity"):
+        raise LlmpruneError(f"Give --sparsity or --pattern, not both: the {pattern} pattern fixes the sparsity "
+                            f"(1 - N/M).")
+    if method.lower() != "magnitude" and pattern is None and scope.lower() == "global" and explicit("scope"):
+        raise LlmpruneError(f"{method} compares scores within a layer: use --scope layer or row, not global "
+                            f"(global is magnitude's one threshold over the model).")
     return PruneConfig(method=method.lower(), sparsity=0.0 if sparsity is None else sparsity,
                        pattern=parse_pattern(pattern), scope=scope.lower(), include=tuple(include),
                        exclude=tuple(exclude), **{k: v for k, v in calib.items() if v is not None})
@@ -111,8 +117,8 @@ class Group(click.Group):
 
 def explicit(name: str) -> bool:
     """True when the current command's option `name` was given on the command line (not its default)."""
-    ctx = click.get_current_context()
-    return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def fmt_pct(x: float) -> str:
