@@ -76,6 +76,13 @@ def arch_for(config) -> ArchSpec:
     for spec in ARCHS:
         if model_type in spec.model_types:
             return spec
+    auto_map = config.get("auto_map") if isinstance(config, dict) else getattr(config, "auto_map", None)
+    if auto_map:  # its modelling code ships with the checkpoint (trust_remote_code)
+        code = (next((v for k, v in auto_map.items() if k.startswith("AutoModel")), next(iter(auto_map.values())))
+                if isinstance(auto_map, dict) else auto_map)
+        raise LlmpruneError(
+            f"Architecture '{model_type}' needs the checkpoint's own code ({code}), and llmprune never runs remote "
+            f"code. Supported model types: {', '.join(supported_model_types())}")
     raise LlmpruneError(
         f"Unsupported architecture '{model_type}'. Supported model types: {', '.join(supported_model_types())}"
     )

@@ -1,8 +1,10 @@
 """The model card (README.md with the Hub's YAML metadata) for a pruned output directory.
 
 Everything comes from files in the directory, each optional except `run.json`:
-- `run.json` (written by `llmprune prune`): method, pattern, scope, calibration, achieved sparsity (global and
-  per module type), llmprune version, the command line, format and sizes;
+- `run.json`, as `prune` writes it (method, pattern, scope, calibration, achieved sparsity globally and per
+  module type, llmprune version, the command line, format and sizes), or `finetune` (task, score, the mask's
+  method and sparsity), an IMP round, or `convert` (its `conversions` decide the format on disk); `run_facts`
+  reads every kind into one view;
 - `eval*.json` (`llmprune eval ... --json > DIR/eval.json`): perplexity and MMLU (overall, per category);
 - `summary.json` (`llmprune sweep`): the essential-sparsity knee per method/task/metric; `sweep.png` its plot,
   `sweep.csv` its table (linked when present).
@@ -72,17 +74,51 @@ def read_extras(folder: Path) -> dict:
             "sweep_csv": (folder / "sweep.csv").exists(), "unreadable": unreadable}
 
 
+def run_facts(run: dict) -> dict:
+    """One view of any output's run.json (prune, finetune, IMP round, convert) for the card and the commit.
+
+    Keys: kind ("prune", "finetune" or "convert"), method, target (text), calibrated (bool), config (the prune
+    config, {} otherwise), sparsity (the summary with "global" and "by_type"; "global" may only hold "sparsity"),
+    format (as stored now, after any conversion), output_bytes, size_ratio, model, task, metric, score.
+    """
+    cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
+    sp = run.get("sparsity")
+    summary = sp if isinstance(sp, dict) else run.get("mask") if isinstance(run.get("mask"), dict) else {}
+    summary = {"global": dict(summary.get("global") or {}), "by_type": summary.get("by_type") or {}}
+    if isinstance(sp, (int, float)):  # fine-tuning records the sparsity reached after training
+        summary["global"]["sparsity"] = float(sp)
+    conversions = [c for c in run.get("conversions") or [] if isinstance(c, dict)]
+    last = conversions[-1] if conversions else run
+    if "task" in run or "imp_round" in run:
+        kind = "finetune"
+        method = run.get("method") or ("lth (IMP)" if "imp_round" in run or "imp" in run else
+                                        "mask from " + Path(str(cfg["mask_from"])).name if cfg.get("mask_from") else "omp")
+        target = f"{_pct(run.get('target_sparsity', cfg.get('sparsity', summary['global'].get('sparsity'))))} unstructured"
+    elif isinstance(sp, dict) or "method" in cfg:
+        kind, method = "prune", str(cfg.get("method", "magnitude"))
+        target = cfg.get("pattern") or f"{_pct(cfg.get('sparsity'))} unstructured, scope {cfg.get('scope', 'global')}"
+    else:
+        kind, method, target = "convert", "none", "none (converted, not pruned by llmprune)"
+    return {"kind": kind, "method": method, "target": target, "calibrated": kind == "prune" and method != "magnitude",
+            "config": cfg if kind == "prune" else {}, "sparsity": summary, "format": last.get("format", "dense"),
+            "output_bytes": last.get("output_bytes"), "size_ratio": last.get("size_ratio"),
+            "model": run.get("model") or (conversions[0].get("source") if conversions else None),
+            "task": run.get("task"), "metric": run.get("metric"), "score": run.get("score")}
+
+
 def card_metadata(run: dict, config: dict, base_model: str | None = None) -> dict:
     """The YAML front matter: base_model (when known), library_name, tags, pipeline_tag."""
     from .arch import arch_for
     from .errors import LlmpruneError
 
-    cfg = run.get("config", {})
-    tags = ["sparse", "pruned", "llmprune", str(cfg.get("method", "magnitude"))]
-    if cfg.get("pattern"):
-        tags.append(f"{cfg['pattern'].replace(':', '-')}-sparsity")
+    facts = run_facts(run)
+    tags = ["sparse", "pruned", "llmprune"] if facts["kind"] != "convert" else ["sparse", "llmprune"]
+    if facts["kind"] != "convert":
+        tags.append(facts["method"].split(" ")[0])
+    if facts["config"].get("pattern"):
+        tags.append(f"{facts['config']['pattern'].replace(':', '-')}-sparsity")
     meta: dict = {}
-    base = base_model or base_model_id(run.get("model"))
+    base = base_model or base_model_id(facts["model"])
     if base:
         meta["base_model"] = base
     meta["library_name"] = "transformers"
@@ -91,6 +127,8 @@ def card_metadata(run: dict, config: dict, base_model: str | None = None) -> dic
         pipeline = PIPELINES.get(arch_for(config).auto_class)
     except LlmpruneError:
         pipeline = None
+    if facts["kind"] == "finetune":  # a task head: sequence or image classification
+        pipeline = "image-classification" if config.get("model_type") in ("vit", "dinov2") else "text-classification"
     if pipeline:
         meta["pipeline_tag"] = pipeline
     return meta
@@ -109,41 +147,55 @@ def _yaml(meta: dict) -> str:
 
 def model_card(run: dict, config: dict, extras: dict | None = None, repo_id: str | None = None,
                base_model: str | None = None) -> str:
-    """README.md text for a pruned model: YAML metadata, what was done, achieved sparsity, results."""
+    """README.md text for an output directory: YAML metadata, what was done, achieved sparsity, results."""
     extras = extras or {"evals": {}, "summary": None, "sweep_png": False, "sweep_csv": False, "unreadable": []}
-    cfg, sp = run.get("config", {}), run.get("sparsity", {})
+    facts = run_facts(run)
+    cfg, sp, method, target, fmt = facts["config"], facts["sparsity"], facts["method"], facts["target"], facts["format"]
     meta = card_metadata(run, config, base_model)
-    method = cfg.get("method", "magnitude")
-    target = cfg.get("pattern") or (f"{_pct(cfg.get('sparsity'))} unstructured, scope {cfg.get('scope', 'global')}")
-    g = sp.get("global", {})
-    fmt = run.get("format", "dense")
-    title = repo_id or (Path(run.get("model", "model")).name + f"-{method}-pruned")
+    g = sp["global"]
+    title = repo_id or (Path(str(facts["model"] or "model")).name + f"-{method.split(' ')[0]}-pruned")
     out = ["---", _yaml(meta), "---", "", f"# {title}", ""]
-    src = f"[{meta['base_model']}](https://huggingface.co/{meta['base_model']})" if "base_model" in meta else f"`{run.get('model')}`"
-    out += [f"{src} pruned one-shot with [llmprune](https://pypi.org/project/llmprune/) ({method}, {target}): "
-            f"**{_pct(g.get('sparsity'))}** of the prunable weights (the linear layers of the decoder blocks) are zero.", ""]
+    src = f"[{meta['base_model']}](https://huggingface.co/{meta['base_model']})" if "base_model" in meta else f"`{facts['model']}`"
+    lib = "[llmprune](https://pypi.org/project/llmprune/)"
+    if facts["kind"] == "finetune":
+        score = f"{facts['score']:.4f}" if isinstance(facts["score"], (int, float)) else "n/a"
+        out += [f"{src} fine-tuned on `{facts['task']}` with {lib}, its pruning mask held fixed ({method}, target {target}): "
+                f"**{_pct(g.get('sparsity'))}** of the prunable weights are zero; {facts['metric'] or 'score'} {score}.", ""]
+    elif facts["kind"] == "convert":
+        out += [f"{src} converted by {lib} (not pruned by it); stored in the `{fmt}` format.", ""]
+    else:
+        out += [f"{src} pruned one-shot with {lib} ({method}, {target}): "
+                f"**{_pct(g.get('sparsity'))}** of the prunable weights (the linear layers of the decoder blocks) are zero.", ""]
     if fmt != "dense":
         out += [f"Weights are stored in llmprune's compact sparse format (`{fmt}`); load them with "
                 "`llmprune.models.load_model(path)` (plain transformers cannot read this format).", ""]
     else:
         out += ["Weights are stored dense (zeros included); load with `AutoModel*.from_pretrained` as usual.", ""]
-    out += ["## How it was made", "", "| setting | value |", "|---|---|",
-            f"| method | {method} |", f"| target | {target} |",
-            f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / {', '.join(cfg.get('exclude') or []) or '-'} |"]
-    if method != "magnitude":
-        out.append(f"| calibration | {cfg.get('calib') or 'pydoc'} (train split), {cfg.get('calib_samples')} samples x "
-                   f"{cfg.get('seqlen')} tokens, seed {cfg.get('seed')} |")
-    else:
-        out.append("| calibration | none (magnitude pruning is data-free) |")
+    out += ["## How it was made", "", "| setting | value |", "|---|---|", f"| method | {method} |", f"| target | {target} |"]
+    if facts["kind"] == "prune":
+        out.append(f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / "
+                   f"{', '.join(cfg.get('exclude') or []) or '-'} |")
+        if facts["calibrated"]:
+            out.append(f"| calibration | {cfg.get('calib') or 'pydoc'} (train split), {cfg.get('calib_samples')} samples x "
+                       f"{cfg.get('seqlen')} tokens, seed {cfg.get('seed')} |")
+        else:
+            out.append("| calibration | none (magnitude pruning is data-free) |")
+    if facts["kind"] == "finetune":
+        out.append(f"| task | {facts['task']} ({facts['metric'] or 'score'}) |")
     out += [f"| format | {fmt} |", f"| llmprune version | {run.get('llmprune_version', 'n/a')} |",
             f"| versions | {', '.join(f'{k} {v}' for k, v in (run.get('versions') or {}).items()) or 'n/a'} |"]
-    if run.get("output_bytes"):
-        out.append(f"| size on disk | {run['output_bytes'] / 2**20:,.1f} MiB ({run.get('size_ratio', 1):.2f}x the input) |")
-    out += ["", "Command:", "", "```", _command(run.get("command")), "```", ""]
-    out += ["## Achieved sparsity", "", "| module type | parameters | zeros | sparsity |", "|---|---:|---:|---:|"]
-    for t, row in (sp.get("by_type") or {}).items():
-        out.append(f"| {t} | {row.get('params', 0):,} | {row.get('zeros', 0):,} | {_pct(row.get('sparsity'))} |")
-    out += [f"| **all prunable** | {g.get('params', 0):,} | {g.get('zeros', 0):,} | **{_pct(g.get('sparsity'))}** |", ""]
+    if facts["output_bytes"]:
+        out.append(f"| size on disk | {facts['output_bytes'] / 2**20:,.1f} MiB ({facts['size_ratio'] or 1:.2f}x the input) |")
+    if run.get("command"):
+        out += ["", "Command:", "", "```", _command(run.get("command")), "```"]
+    out.append("")
+    if sp["by_type"] or g.get("params"):
+        out += ["## Achieved sparsity", "", "| module type | parameters | zeros | sparsity |", "|---|---:|---:|---:|"]
+        for t, row in sp["by_type"].items():
+            out.append(f"| {t} | {row.get('params', 0):,} | {row.get('zeros', 0):,} | {_pct(row.get('sparsity'))} |")
+        out += [f"| **all prunable** | {g.get('params', 0):,} | {g.get('zeros', 0):,} | **{_pct(g.get('sparsity'))}** |", ""]
+        if facts["kind"] == "finetune":
+            out += ["(Per module type: the mask before fine-tuning; the weights it prunes stay exactly zero.)", ""]
     if g.get("zeros_before"):
         out += [f"{g['zeros_before']:,} of these weights were already zero in the source checkpoint and count as pruned.", ""]
     out += _eval_section(extras) + _sweep_section(extras)

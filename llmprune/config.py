@@ -53,6 +53,21 @@ def check_choice(kind: str, value: str, choices) -> str:
     return value
 
 
+def check_device(device: str, auto: bool = True) -> str:
+    """cpu, cuda, cuda:N (and auto when `auto`); CUDA ones only where CUDA is available."""
+    import re
+
+    allowed = ("auto, " if auto else "") + "cpu, cuda, cuda:N"
+    if not (device == "cpu" or (auto and device == "auto") or re.fullmatch(r"cuda(:\d+)?", device)):
+        raise LlmpruneError(f"Unknown device '{device}'. Available: {allowed}.")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LlmpruneError(f"--device {device} was given but no CUDA device is available; use --device cpu.")
+    return device
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """What to prune and how. `pattern` (N:M) and `sparsity` are alternatives; N:M ignores `scope`."""
@@ -75,6 +90,9 @@ class PruneConfig:
         check_choice("scope", self.scope, SCOPES)
         if self.pattern is None:
             check_sparsity(self.sparsity)
+        for flag, value in (("--calib-samples", self.calib_samples), ("--seqlen", self.seqlen)):
+            if not isinstance(value, int) or value < 1:
+                raise LlmpruneError(f"Invalid {flag} {value}: use a positive integer.")
         if self.method != "magnitude" and self.scope == "global" and self.pattern is None:
             # Calibration methods compare scores within a layer (Wanda: per output row); a global
             # threshold over activation-weighted scores is not what their papers define.

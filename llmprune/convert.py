@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .arch import Selector, arch_for
-from .io import Checkpoint, atomic_dir, check_output, copy_aux_files
+from .io import Checkpoint, atomic_dir, check_not_input, check_output, copy_aux_files
 from .models import resolve_model
 from .output import write_checkpoint
 
@@ -17,6 +17,7 @@ def convert_checkpoint(model: str, out: str | Path, fmt: str, *, overwrite: bool
     out = check_output(out, overwrite)
     t0 = time.perf_counter()
     src = resolve_model(model)
+    check_not_input(out, src)
     ckpt = Checkpoint(src)
     if fmt == "sparse":  # pack the prunable matrices; everything else is copied through
         select = Selector(arch_for(ckpt.config))

@@ -6,9 +6,10 @@ every named source keeps the two apart so calibration never sees the text a mode
 - None / "pydoc": Python's stdlib `pydoc_data.topics` (offline, ~113k SmolLM2 tokens). test = first half of
   the text, train = second half (cut at a paragraph break).
 - "wikitext2": `Salesforce/wikitext`, config wikitext-2-raw-v1, its own test / train splits, lines joined
-  with "\\n\\n" as SparseGPT and Wanda do.
+  as SparseGPT and Wanda join them: with "\\n\\n" (test) and " " (train).
 - "c4": `allenai/c4` English, first validation shard (test: its first 1,100 documents joined with " ", as
-  SparseGPT/Wanda) or first train shard (train: documents joined with "\\n\\n").
+  SparseGPT/Wanda) or first train shard (train: documents joined with "\\n\\n"; calibration draws from
+  the documents themselves, `c4_documents`, as the reference does).
 - a path to a .txt file (used whole, for either split) or a .jsonl file (the "text" field of every line).
 """
 from __future__ import annotations
@@ -37,10 +38,9 @@ def load_text(source: str | None, split: str) -> str:
         return pydoc_text(split)
     if source == "wikitext2":
         rows = _hub_dataset("Salesforce/wikitext", split, name="wikitext-2-raw-v1")
-        return "\n\n".join(rows["text"])
+        return ("\n\n" if split == "test" else " ").join(rows["text"])
     if source == "c4":
-        rows = _hub_dataset("allenai/c4", "validation" if split == "test" else "train", data_files={
-            "validation" if split == "test" else "train": _C4_FILES[split]})
+        rows = c4_documents(split)
         if split == "test":
             return " ".join(rows[:_C4_TEST_DOCS]["text"])
         return "\n\n".join(rows["text"])
@@ -48,6 +48,12 @@ def load_text(source: str | None, split: str) -> str:
     if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
         return _read_file(path)
     raise unknown("text source", source, NAMED + ("PATH.txt", "PATH.jsonl"))
+
+
+def c4_documents(split: str):
+    """The documents of c4's first validation ("test") or train shard: `len(docs)`, `docs[i]["text"]`."""
+    name = "validation" if split == "test" else "train"
+    return _hub_dataset("allenai/c4", name, data_files={name: _C4_FILES[split]})
 
 
 def pydoc_text(split: str) -> str:

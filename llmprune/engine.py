@@ -41,7 +41,8 @@ TOKENS_PER_FORWARD = 4096  # calibration samples go through a layer in chunks of
 
 # method -> (statistics class, prune(weight, stats, cfg, name) -> new weight)
 METHODS = {
-    "wanda": (ActNormStats, lambda w, s, cfg, name: wanda_prune(w, s.sum_sq, cfg.sparsity, cfg.scope, cfg.pattern)),
+    "wanda": (ActNormStats, lambda w, s, cfg, name: wanda_prune(w, s.sum_sq, cfg.sparsity, cfg.scope, cfg.pattern,
+                                                                          name=name)),
     "sparsegpt": (HessianStats, lambda w, s, cfg, name: sparsegpt_prune(
         w, s.H, cfg.sparsity, pattern=cfg.pattern, name=name, scope=cfg.scope)),
 }

@@ -112,9 +112,20 @@ class Checkpoint:
                     raise LlmpruneError(f"Tensor '{k}' appears in both {self.infos[k].file.name} and {file.name}.")
             self.infos.update(infos)
         self.config = read_config(self.path)
+        self._check_index()
         self.raw = self.infos
         if any(k.endswith(".bitmask") for k in self.raw):
             self.infos = self._logical()
+
+    def _check_index(self) -> None:
+        """Every tensor the index lists is in the shard it names (a stale or hand-edited index is corrupt)."""
+        weight_map = index_map(self.path) or {}
+        for name, file in weight_map.items():
+            info = self.infos.get(name)
+            if info is None or info.file.name != file:
+                held = f"it is in {info.file.name}" if info is not None else "no shard holds it"
+                raise LlmpruneError(f"{self.path} is inconsistent: its index puts '{name}' in {file}, but {held}; "
+                                    f"re-save the checkpoint or fix the index.")
 
     def _logical(self) -> dict[str, TensorInfo]:
         from .sparse.format import SUFFIXES, packed_names
@@ -227,18 +238,41 @@ class ReadAhead:
         return w
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file that must hold an object; a corrupt one is a one-line user error naming `what` it is."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LlmpruneError(f"{path} is not valid JSON ({str(e).splitlines()[0]}): {what}.") from None
+    if not isinstance(data, dict):
+        raise LlmpruneError(f"{path} holds a JSON {type(data).__name__}, not an object: {what}.")
+    return data
+
+
 def read_config(path: Path) -> dict:
     cfg = path / "config.json"
     if not cfg.exists():
         raise LlmpruneError(f"{path} has no config.json: a model directory needs config.json and weight files.")
-    return json.loads(cfg.read_text())
+    return read_json_object(cfg, "a model's config.json is a JSON object with its model_type")
+
+
+def index_map(path: Path) -> dict[str, str] | None:
+    """The index's tensor name -> shard file map (None without an index file)."""
+    for index in INDEX_FILES:
+        if (path / index).exists():
+            weight_map = read_json_object(path / index, 'a shard index is {"weight_map": {tensor: file}}').get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise LlmpruneError(f"{path / index} has no valid weight_map: a shard index is "
+                                    '{"weight_map": {tensor: file}}.')
+            return weight_map
+    return None
 
 
 def weight_files(path: Path) -> list[Path]:
     """Weight files of a checkpoint directory, in index order when an index exists."""
     for index in INDEX_FILES:
         if (path / index).exists():
-            weight_map = json.loads((path / index).read_text()).get("weight_map", {})
+            weight_map = index_map(path)
             files = list(dict.fromkeys(weight_map.values()))
             missing = [f for f in files if not (path / f).exists()]
             if missing:
@@ -357,6 +391,15 @@ def check_output(final: str | Path, overwrite: bool) -> Path:
     if final.exists() and not final.is_dir():
         raise LlmpruneError(f"Output {final} exists and is not a directory; remove it or choose another -o.")
     return final
+
+
+def check_not_input(final: str | Path, src: str | Path) -> None:
+    """Refuse an output that is the input model's directory or a folder holding it: publishing the output
+    (even with --overwrite) would delete the input."""
+    final, src = Path(final).resolve(), Path(src).resolve()
+    if final == src or final in src.parents:
+        what = "the input model" if final == src else "a folder holding the input model"
+        raise LlmpruneError(f"Output {final} is {what} {src}: choose another -o (publishing there would delete the input).")
 
 
 @contextlib.contextmanager

@@ -143,8 +143,13 @@ def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwar
     config = read_config(path)
     cls = auto_class(config)
     if isinstance(dtype, str):
-        dtype = {"auto": "auto", "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+        names = {"auto": "auto", "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+        if dtype not in names:
+            from .errors import unknown
+
+            raise unknown("dtype", dtype, names)
+        dtype = names[dtype]
     if "sparsity_config" in config and config["sparsity_config"].get("format", "").startswith("llmprune"):
         from .sparse import load_sparse_model  # compact format: unpack to dense
 

@@ -20,10 +20,10 @@ from . import __version__
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
+from .io import Checkpoint, ReadAhead, atomic_dir, check_not_input, check_output, copy_aux_files
 from .memory import release_large_frees
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
-from .methods.masks import apply_threshold_
+from .methods.masks import apply_threshold_, check_finite
 from .models import resolve_model
 from .output import write_checkpoint
 from .report import SparsityStats
@@ -33,12 +33,32 @@ Step = Callable[[str], None]
 
 def prunable_names(ckpt: Checkpoint, cfg: PruneConfig) -> tuple[Selector, list[str]]:
     """The selector for this checkpoint's architecture and the prunable tensor names, validated."""
+    check_not_quantized(ckpt.config)
     select = Selector(arch_for(ckpt.config), cfg.include, cfg.exclude)
     names = [n for n in ckpt.names if select(n, ckpt.info(n).shape)]
     if not names:
         raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
+    check_float(((n, ckpt.info(n).dtype) for n in names))
     check_divisible(((n, ckpt.info(n).shape) for n in names), cfg)
     return select, names
+
+
+def check_not_quantized(config) -> None:
+    """Refuse quantized checkpoints (bitsandbytes, GPTQ, AWQ, ...): their stored codes are not the weights, so
+    ranking them by magnitude would be silently wrong. Pruning comes first, quantizing after."""
+    quant = config.get("quantization_config") if isinstance(config, dict) else getattr(config, "quantization_config", None)
+    if quant:
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else getattr(quant, "quant_method", "?")
+        raise LlmpruneError(f"The model is quantized ({getattr(method, 'value', method)}); llmprune prunes float "
+                            f"weights only: prune the original float checkpoint, then quantize the pruned output.")
+
+
+def check_float(named_dtypes) -> None:
+    """Every prunable weight is a floating-point tensor (int8/uint8 codes of a quantized model are not)."""
+    for name, dtype in named_dtypes:
+        if not dtype.is_floating_point:
+            raise LlmpruneError(f"Weight '{name}' is stored as {str(dtype).replace('torch.', '')}, not floating point; "
+                                f"llmprune prunes float16/bfloat16/float32 weights (prune before quantizing).")
 
 
 def check_divisible(named_shapes, cfg: PruneConfig) -> None:
@@ -99,6 +119,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     out = check_output(out, overwrite)
     t0 = time.perf_counter()
     src = resolve_model(model)
+    check_not_input(out, src)
     ckpt = Checkpoint(src)
     select, names = prunable_names(ckpt, cfg)
     if cfg.method != "magnitude":
@@ -126,7 +147,8 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
         w = read(name)
         if glob is not None:  # one fused pass: threshold, zero, count the zeros before and after
             before, after = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
-        else:
+        else:  # (the global threshold's histogram pass already refused NaN/inf)
+            check_finite(name, w)
             before = w.numel() - int(torch.count_nonzero(w))
             w.masked_fill_(mask(name, w).logical_not_(), 0)
             after = None
@@ -157,10 +179,12 @@ def sizes(ckpt: Checkpoint, output_bytes: int) -> dict:
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,
                  step: Step | None = None) -> dict:
     """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary."""
+    check_not_quantized(model.config)
     select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
     params = [(n, p) for n, p in model.named_parameters() if select(n, tuple(p.shape))]
     if not params:
         raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
+    check_float(((n, p.dtype) for n, p in params))
     check_divisible(((n, tuple(p.shape)) for n, p in params), cfg)
     if cfg.method != "magnitude":
         from .engine import prune_model_calibrated_
@@ -176,6 +200,8 @@ def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor |
             mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
         for name, p in params:
             w = p.data
+            if not (cfg.pattern is None and cfg.scope == "global"):
+                check_finite(name, w)
             before = w.numel() - int(torch.count_nonzero(w))
             w.masked_fill_(mask(name, w.cpu()).to(w.device).logical_not_(), 0)
             stats.add(name, w, *select.describe(name), zeros_before=before)

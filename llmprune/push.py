@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import __version__
 from .errors import LlmpruneError
 
 ALWAYS_REMOTE = {".gitattributes", "README.md"}  # created by the Hub / replaced by the card: never a conflict
@@ -61,6 +62,10 @@ def check_pruned_dir(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise LlmpruneError(f"{folder} is not a directory: pass an output directory of `llmprune prune`.")
+    rounds = sorted(p.parent.name for p in folder.glob("round*/config.json"))
+    if rounds and not (folder / "config.json").exists():
+        raise LlmpruneError(f"{folder} holds the rounds of an IMP run ({', '.join(rounds)}): push one of them, "
+                            f"e.g. {folder / rounds[-1]}.")
     missing = []
     if not (folder / "config.json").exists():
         missing.append("config.json")
@@ -74,9 +79,12 @@ def check_pruned_dir(folder: str | Path) -> dict:
         raise LlmpruneError(f"{folder} is not an llmprune output: missing {', '.join(missing)} "
                             f"(an output of `llmprune prune ... -o DIR` has config.json, weights and run.json).")
     try:
-        return json.loads((folder / "run.json").read_text())
-    except ValueError:
-        raise LlmpruneError(f"{folder}/run.json is not valid JSON; rerun `llmprune prune` to regenerate it.") from None
+        run = json.loads((folder / "run.json").read_text())
+    except (ValueError, UnicodeDecodeError):
+        run = None
+    if not isinstance(run, dict):
+        raise LlmpruneError(f"{folder}/run.json is not a JSON object; rerun the command that made {folder} to regenerate it.")
+    return run
 
 
 def upload_files(folder: Path) -> list[UploadFile]:
@@ -96,16 +104,19 @@ def upload_files(folder: Path) -> list[UploadFile]:
 def plan_push(folder: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
               commit_message: str | None = None, base_model: str | None = None) -> PushPlan:
     """What `push` would upload (files, sizes, the card), without touching the network."""
-    from .card import model_card, read_extras
+    from .card import model_card, read_extras, run_facts
     from .io import read_config
 
     folder = Path(folder)
     run = check_pruned_dir(folder)
     _check_repo_id(repo_id)
     card = model_card(run, read_config(folder), read_extras(folder), repo_id=repo_id, base_model=base_model)
-    cfg = run.get("config", {})
-    what = cfg.get("pattern") or f"{100 * float(cfg.get('sparsity', 0)):.0f}%"
-    message = commit_message or f"Upload {cfg.get('method', 'magnitude')} {what} pruned model (llmprune {run.get('llmprune_version', '?')})"
+    facts = run_facts(run)
+    what = facts["config"].get("pattern") or f"{100 * float(facts['sparsity']['global'].get('sparsity') or 0):.0f}%"
+    kind = {"prune": "pruned", "finetune": f"sparse fine-tuned ({facts['task']})", "convert": "converted"}[facts["kind"]]
+    version = run.get("llmprune_version") or __version__
+    message = commit_message or (f"Upload {facts['method']} {what} {kind} model (llmprune {version})" if facts["kind"] != "convert"
+                                 else f"Upload {facts['format']} model converted by llmprune {version}")
     return PushPlan(folder, repo_id, revision, private, message, tuple(upload_files(folder)), card, run)
 
 

@@ -10,14 +10,9 @@ from llmprune.analyze import (Tally, analyze_checkpoints, analyze_weights, find_
                               magnitude_histogram, roll_up, step_of, tally)
 from llmprune.analyze.stats import count_near_zero, normalised
 from llmprune.cli import main
-from llmprune.cli.analyze import analyze_cmd
 from llmprune.config import PruneConfig
 from llmprune.prune import prune_checkpoint
 from tiny import save_tiny
-
-if "analyze" not in main.commands:
-    main.add_command(analyze_cmd)
-
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])

@@ -5,12 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from llmprune.cli import main
-from llmprune.cli.eval import eval_cmd
 
 from test_eval_mmlu import write_cais
-
-if "eval" not in main.commands:  # until llmprune/cli/__init__.py registers it
-    main.add_command(eval_cmd)
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,10 @@ from click.testing import CliRunner
 
 from llmprune.card import base_model_id, model_card, read_extras
 from llmprune.cli import main
-from llmprune.cli.push import push_cmd
 from llmprune.config import PruneConfig, parse_pattern
 from llmprune.push import git_blob_sha, plan_push
 from llmprune.prune import prune_checkpoint
 from tiny import save_tiny
-
-if "push" not in main.commands:
-    main.add_command(push_cmd)
-
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -187,3 +182,35 @@ def test_token_rejected(pruned, hub):
 def test_plan_rejects_bad_repo_id(pruned):
     with pytest.raises(Exception, match="Invalid repo id"):
         plan_push(pruned, "me/../x")
+
+
+def test_dry_run_on_every_kind_of_output(tmp_path):
+    """Outputs of prune (dense, sparse, calibrated), finetune and convert all get a card that says what they are."""
+    from test_finetune import save_tiny_bert, write_sentiment
+    from tiny import save_tiny_lm
+
+    src = save_tiny_lm("llama", tmp_path / "src")
+    (tmp_path / "calib.txt").write_text("calibration text for a tiny model. " * 40)
+    bert = save_tiny_bert(tmp_path / "bert")
+    data = ["--train", write_sentiment(tmp_path / "train.csv", 16), "--eval", write_sentiment(tmp_path / "eval.csv", 8, seed=1)]
+    made = {
+        "prune": ["prune", src, "--sparsity", "0.5", "-o", tmp_path / "prune"],
+        "sparse": ["prune", src, "--pattern", "2:4", "--format", "sparse", "-o", tmp_path / "sparse"],
+        "wanda": ["prune", src, "--method", "wanda", "--sparsity", "0.5", "--calib", tmp_path / "calib.txt",
+                  "--calib-samples", "2", "--seqlen", "16", "-o", tmp_path / "wanda"],
+        "finetune": ["finetune", bert, "--task", "text", *data, "--sparsity", "0.3", "--max-steps", "1",
+                     "--batch-size", "8", "-o", tmp_path / "finetune"],
+        "convert": ["convert", tmp_path / "sparse", "--format", "dense", "-o", tmp_path / "convert"],
+    }
+    cards = {}
+    for kind, args in made.items():
+        assert run(*args).exit_code == 0, kind
+        r = run("push", tmp_path / kind, f"me/{kind}", "--dry-run", "--json")
+        assert r.exit_code == 0, (kind, r.output)
+        cards[kind] = json.loads(r.stdout)
+    assert "pruned one-shot" in cards["prune"]["card"] and "magnitude 50% pruned" in cards["prune"]["commit_message"]
+    assert "compact sparse format" in cards["sparse"]["card"] and '- "2-4-sparsity"' in cards["sparse"]["card"]
+    assert "| calibration | pydoc" not in cards["wanda"]["card"] and "calib.txt (train split), 2 samples x 16" in cards["wanda"]["card"]
+    ft = cards["finetune"]["card"]
+    assert "fine-tuned on `text`" in ft and "**30.00%**" in ft and 'pipeline_tag: "text-classification"' in ft
+    assert "stored dense" in cards["convert"]["card"] and "compact sparse" not in cards["convert"]["card"]  # after the conversion

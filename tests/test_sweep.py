@@ -6,7 +6,6 @@ import torch
 from click.testing import CliRunner
 
 from llmprune.cli import main
-from llmprune.cli.sweep import plot_cmd, sweep_cmd
 from llmprune.config import PruneConfig
 from llmprune.methods.masks import iter_chunks, kth_threshold
 from llmprune.prune import prune_model_
@@ -15,10 +14,6 @@ from llmprune.sweep.results import ResultsLog, read_results, summarize
 from llmprune.sweep.run import SweepConfig, run_sweep
 
 from test_eval_mmlu import tiny_llama_and_tokenizer, write_cais
-
-for _cmd in (sweep_cmd, plot_cmd):  # until llmprune/cli/__init__.py registers them
-    if _cmd.name not in main.commands:
-        main.add_command(_cmd)
 
 
 @pytest.mark.parametrize("dtype, bits", [(torch.float32, 31), (torch.bfloat16, 15)])
@@ -98,7 +93,9 @@ def test_killed_sweep_resumes_without_recomputing(tmp_path):
 
 def test_results_from_another_sweep_are_refused(tmp_path):
     cfg = SweepConfig(model="a", sparsities=(0.5,))
-    ResultsLog(tmp_path, cfg.identity())
+    ResultsLog(tmp_path, cfg.identity()).append({"method": "dense", "level": "dense", "task": "ppl"})
+    assert not (tmp_path / "fresh").exists() and ResultsLog(tmp_path / "fresh", cfg.identity()).records == []
+    assert not (tmp_path / "fresh").exists()  # nothing until the first point
     other = SweepConfig(model="a", sparsities=(0.5,), seqlen=128)
     with pytest.raises(Exception, match=r"holds a different sweep \(seqlen=2048 there, 128 now\).*--overwrite"):
         ResultsLog(tmp_path, other.identity())

@@ -237,10 +237,7 @@ def test_all_methods_end_to_end(assets, tmp_path, kind):
 
 
 def test_compare_methods_cli(assets, tmp_path):
-    from llmprune.cli.common import Group
-    from llmprune.cli.compare import compare_cmd
-
-    cli = Group(commands=[compare_cmd])  # the group's error handling, without needing the main registration
+    from llmprune.cli import main as cli
     args = ["compare-methods", str(assets["bert"]), "--task", "text", "--train", str(assets["train"]), "--eval", str(assets["eval"]),
             "--max-steps", "2", "--batch-size", "8", "--seeds", "2", "--vote", "any", "--threads", "1"]
     r = CliRunner().invoke(cli, [*args, "--methods", "omp,isp", "--sparsity", "0.3,0.5", "-o",
@@ -257,11 +254,9 @@ def test_compare_methods_cli(assets, tmp_path):
 
 
 def test_finetune_method_cli(assets, tmp_path):
-    """`finetune --method isp` through the main group (active once cli/finetune.py has the --method wiring)."""
+    """`finetune --method isp` through the main group."""
     from llmprune.cli import main
 
-    if "compare-methods" not in main.commands or not any(p.name == "method" for p in main.commands["finetune"].params):
-        pytest.skip("finetune --method / compare-methods are not wired into the CLI yet")
     args = ["finetune", str(assets["bert"]), "--task", "text", "--train", str(assets["train"]), "--eval",
             str(assets["eval"]), "--max-steps", "3", "--batch-size", "8", "--sparsity", "0.6"]
     r = CliRunner().invoke(main, [*args, "--method", "isp", "--vote", "all", "-o", str(tmp_path / "isp"), "--json"])

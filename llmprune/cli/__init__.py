@@ -6,7 +6,7 @@ import logging
 import click
 
 from .. import __version__
-from .common import Group
+from .common import Group, exit_on_interrupt, honour_sigint
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -40,4 +40,6 @@ def _register() -> None:
         main.add_command(cmd)
 
 
-_register()
+honour_sigint()  # even a background job's Ctrl-C stops the (slow) imports below
+with exit_on_interrupt():
+    _register()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
+import threading
 
 import click
 from rich.console import Console
@@ -58,22 +60,65 @@ def prune_options(f, default_sparsity: float | None = 0.5):
 
 def make_config(method, sparsity, pattern, scope, include=(), exclude=(), **calib) -> PruneConfig:
     """Validate the flags into a PruneConfig before any weights are loaded."""
+    if pattern is not None and sparsity is not None and explicit("sparsity"):
+        raise LlmpruneError(f"Give --sparsity or --pattern, not both: the {pattern} pattern fixes the sparsity "
+                            f"(1 - N/M).")
+    if method.lower() != "magnitude" and pattern is None and scope.lower() == "global" and explicit("scope"):
+        raise LlmpruneError(f"{method} compares scores within a layer: use --scope layer or row, not global "
+                            f"(global is magnitude's one threshold over the model).")
     return PruneConfig(method=method.lower(), sparsity=0.0 if sparsity is None else sparsity,
                        pattern=parse_pattern(pattern), scope=scope.lower(), include=tuple(include),
                        exclude=tuple(exclude), **{k: v for k, v in calib.items() if v is not None})
 
 
+INTERRUPTED = ("Interrupted: nothing was published under the output name; rerun the same command to resume "
+               "(calibrated prune, sweep) or start clean.")
+
+
+def honour_sigint():
+    """Make SIGINT raise KeyboardInterrupt (Python's own handler) even where the parent process ignored it;
+    returns the previous handler (None off the main thread, where handlers cannot be set).
+
+    A shell starts background jobs (`llmprune prune ... &`, scripts, some job runners) with SIGINT ignored,
+    and Python keeps an ignored SIGINT ignored: `kill -INT` then did nothing and the run went on to publish
+    its output. The CLI takes SIGINT back, so every command stops on it and cleans up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt():
+    """Ctrl-C inside the block: one line on stderr and exit code 130 (outputs are published atomically)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(INTERRUPTED, err=True)
+        sys.exit(130)
+
+
 class Group(click.Group):
-    """Turns LlmpruneError (and a missing optional dependency) into a one-line error with exit code 1."""
+    """Turns LlmpruneError (and a missing optional dependency) into a one-line error with exit code 1,
+    and Ctrl-C into one line with exit code 130."""
 
     def invoke(self, ctx):
+        previous = honour_sigint()
         try:
-            return super().invoke(ctx)
-        except LlmpruneError as e:
-            raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            stderr.print("Interrupted: nothing was published under the output name (calibrated runs resume when rerun with the same arguments).")
-            sys.exit(130)
+            with exit_on_interrupt():
+                try:
+                    return super().invoke(ctx)
+                except LlmpruneError as e:
+                    raise click.ClickException(str(e)) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def explicit(name: str) -> bool:
+    """True when the current command's option `name` was given on the command line (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def fmt_pct(x: float) -> str:

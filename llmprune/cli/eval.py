@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from ..config import check_device
 from ..errors import LlmpruneError
 from .common import emit, fmt_pct, json_option, make_config, progress, prune_options, stderr
 
@@ -75,6 +76,16 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
                           calib_samples=calib_samples, seqlen=seqlen, seed=seed)
     elif method != "magnitude":
         raise LlmpruneError(f"--method {method} needs --sparsity or --pattern (what to prune to).")
+    if cfg is not None and (load_in_8bit or load_in_4bit):  # bitsandbytes stores codes, not weights
+        flag = "--load-in-8bit" if load_in_8bit else "--load-in-4bit"
+        raise LlmpruneError(f"{flag} cannot be combined with --sparsity/--pattern: pruning would rank quantized codes, "
+                            f"not weights. Prune first (llmprune prune MODEL ... -o OUT), then: llmprune eval {tasks} OUT {flag}.")
+    if calib is not None and (cfg is None or cfg.method == "magnitude"):
+        raise LlmpruneError("--calib is only for pruning with --method wanda or sparsegpt (and --sparsity or --pattern).")
+    for flag, value in (("--limit", limit), ("--seqlen", seqlen)):
+        if value is not None and value < 1:
+            raise LlmpruneError(f"Invalid {flag} {value}: use a positive integer.")
+    check_device(device)
     kwargs = loading_kwargs(load_in_8bit, load_in_4bit, device)
     lm_tasks = [t for t in names if t not in ("mmlu", "ppl")]
     manager = folder = None

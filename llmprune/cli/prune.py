@@ -5,6 +5,7 @@ import click
 from rich.table import Table
 
 from ..config import FORMATS, check_choice
+from ..errors import LlmpruneError
 from ..io import Checkpoint, check_output
 from ..models import resolve_model
 from .common import emit, fmt_pct, json_option, make_config, progress, prune_options
@@ -43,6 +44,13 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
                       seqlen=seqlen, seed=seed,
                       extra={**({"device": device} if device else {}), **({"activations": activations}
                                                                           if activations != "auto" else {})})
+    unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples), ("--seqlen", seqlen),
+                             ("--seed", seed), ("--device", device)) if v is not None]
+    unused += ["--activations"] if activations != "auto" else []
+    if cfg.method == "magnitude" and unused:
+        raise LlmpruneError(f"{', '.join(unused)}: only for --method wanda or sparsegpt (magnitude pruning uses no data).")
+    if threads < 0:
+        raise LlmpruneError(f"Invalid --threads {threads}: use a positive count, or 0 for torch's default.")
     check_choice("format", fmt, FORMATS)
     check_output(output, overwrite)
     from ..prune import prune_checkpoint

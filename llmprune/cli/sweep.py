@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..config import check_device
 from ..errors import LlmpruneError
 from .common import emit, json_option, stderr
 
@@ -78,6 +79,7 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     for name, value in (("--limit", limit), ("--ppl-windows", ppl_windows), ("--seqlen", seqlen), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise LlmpruneError(f"Invalid {name} {value}: use a positive integer.")
+    check_device(device, auto=False)
     manager = prepare_mmlu(cfg)  # questions read and checked before any weights load
     log = ResultsLog(output, cfg.identity(), overwrite, header={"config": cfg.to_json()})
 

@@ -19,11 +19,12 @@ class GlobalMagnitude:
 
     `read(name)` returns a tensor; it is called once per name (16-bit weights) or twice (fp32 or mixed
     dtypes) while the histogram is built. Ties at the threshold are broken by sorted name, then row-major
-    index, so streamed and in-memory runs give identical masks.
+    index, so streamed and in-memory runs give identical masks. With `finite` (weights), a tensor holding NaN
+    or inf is refused by name; scores may use +inf to pin a value as kept (`finite=False`).
     """
 
     def __init__(self, names: Iterable[str], read: Callable[[str], torch.Tensor], dtypes: Iterable[torch.dtype],
-                 numel: int, sparsity: float):
+                 numel: int, sparsity: float, finite: bool = True):
         self.names = sorted(names)
         dtypes = set(dtypes)
         self.bits = key_bits(dtypes.pop()) if len(dtypes) == 1 else 31
@@ -34,7 +35,8 @@ class GlobalMagnitude:
                 for chunk in iter_chunks(read(name)):
                     yield i, chunk
 
-        self.threshold: Threshold = kth_threshold(iter_keys, self.k, self.bits, len(self.names))
+        self.threshold: Threshold = kth_threshold(iter_keys, self.k, self.bits, len(self.names),
+                                                   self.names if finite else None)
         self._ties = dict(zip(self.names, self.threshold.ties))
 
     def mask(self, name: str, w: torch.Tensor) -> torch.Tensor:

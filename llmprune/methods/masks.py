@@ -5,6 +5,8 @@ magnitude: a 16-bit float's |x| orders exactly like the integer of its low 15 bi
 low 31 bits, so the exact k-th smallest score is found with integer histograms instead of a sort, and in a
 streaming pass over many tensors without ever concatenating them. Ties at the threshold are pruned in visit
 order (tensor order, then row-major index), which makes the count of zeros exactly k and masks nested.
+NaN and inf have keys above every finite value, so the same histograms show, for free, whether a tensor
+holds any: those are refused (`check_finite`), since no threshold over them means anything.
 """
 from __future__ import annotations
 
@@ -15,11 +17,33 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..errors import LlmpruneError
 from . import fast
 
 CHUNK = 1 << 22  # elements per chunk when building keys; bounds temporaries to ~40 MB
 
 _KEY_BITS = {torch.float16: 15, torch.bfloat16: 15, torch.float32: 31}
+# First bin of the 15-bit high-key histogram holding NaN/inf (every exponent bit set); fp32 is keyed by its high half.
+_NONFINITE_BIN = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80, torch.float32: 0x7F80}
+
+
+def nonfinite_error(name: str | None) -> LlmpruneError:
+    """The one-line refusal of a weight holding NaN or inf ("" an unnamed weight; None: scores, not a weight)."""
+    if name is None:
+        return LlmpruneError("The pruning scores hold NaN or inf values: the weights or the calibration activations "
+                             "are not finite (try --dtype float32); llmprune prunes finite values only.")
+    what = f"Weight '{name}'" if name else "A weight"
+    return LlmpruneError(f"{what} holds NaN or inf values; llmprune prunes finite weights only: "
+                         f"repair the checkpoint or exclude the tensor with --exclude.")
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise the `nonfinite_error` naming `name` when the floating-point `tensor` holds NaN or inf."""
+    if not tensor.is_floating_point():
+        return
+    for chunk in iter_chunks(tensor):  # bounded temporaries
+        if not bool(torch.isfinite(chunk).all()):
+            raise nonfinite_error(name)
 
 
 def key_bits(dtype: torch.dtype) -> int:
@@ -64,19 +88,20 @@ class Threshold:
 
 
 def kth_threshold(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]], k: int, bits: int,
-                  count: int = 1) -> Threshold:
+                  count: int = 1, names: Sequence[str] | None = None) -> Threshold:
     """Exact threshold pruning the k smallest |values| among `count` tensors (see `kth_thresholds`)."""
-    return kth_thresholds(iter_values, [k], bits, count)[0]
+    return kth_thresholds(iter_values, [k], bits, count, names)[0]
 
 
 def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]], ks: Sequence[int], bits: int,
-                   count: int = 1) -> list[Threshold]:
+                   count: int = 1, names: Sequence[str] | None = None) -> list[Threshold]:
     """Exact thresholds pruning the k smallest |values| among `count` tensors, for every k in `ks` at once.
 
     `iter_values()` yields (tensor index, flat chunk). 15-bit keys need one pass (a 32,768-bin histogram);
     31-bit keys two: the high 15 bits, then the low 16 bits of the values inside the bins holding a
     threshold. Ties at a threshold go to tensors in index order, so masks do not depend on the order they
-    are made in, and the masks of increasing k are nested.
+    are made in, and the masks of increasing k are nested. With `names` (the values are weights), a tensor
+    holding NaN or inf is refused with an error naming `names[i]`, read off the histogram's top bins for free.
     """
     assert sys.byteorder == "little"
     out: list[Threshold | None] = [Threshold(key=-1, ties=(0,) * count) if k <= 0 else None for k in ks]
@@ -91,6 +116,8 @@ def kth_thresholds(iter_values: Callable[[], Iterable[tuple[int, torch.Tensor]]]
         h = fast.hist_high15(x, bits)
         if h is None:
             h = torch.bincount(_high_keys(x, bits), minlength=1 << 15).cpu()
+        if names is not None and int(h[_NONFINITE_BIN.get(x.dtype, 0x7F80):].sum()):
+            raise nonfinite_error(names[i])
         hist += h
         if per_tensor is not None:
             per_tensor[i] += h.to(torch.int32)

@@ -17,7 +17,7 @@ import logging
 import torch
 
 from ..errors import LlmpruneError
-from .masks import nm_mask, row_mask, smallest_k_mask
+from .masks import check_finite, nm_mask, row_mask, smallest_k_mask
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ def sparsegpt_prune(
     weight: (out, in); H: (in, in) from `HessianStats`. `scope` "layer" prunes exactly
     round(sparsity * out * in) weights (per block of columns, as the paper); "row" prunes
     round(sparsity * in) in every row. Inputs that never fired (H_jj == 0) are pruned first: their
-    removal costs nothing on the calibration data.
+    removal costs nothing on the calibration data. A weight holding NaN or inf is refused, naming `name`.
     """
+    check_finite(name, weight)
     out_features, in_features = weight.shape
     W = weight.detach().to(torch.float32).clone()  # (out, in)
     H = H.detach().to(W.device, torch.float32).clone()  # (in, in)

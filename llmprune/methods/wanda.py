@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .masks import mask_for
+from ..errors import LlmpruneError
+from .masks import check_finite, mask_for
 
 
 class ActNormStats:
@@ -44,8 +45,13 @@ def wanda_mask(
 
 
 def wanda_prune(
-    weight: torch.Tensor, act_norm_sq: torch.Tensor, sparsity: float, scope: str = "row", pattern=None
+    weight: torch.Tensor, act_norm_sq: torch.Tensor, sparsity: float, scope: str = "row", pattern=None, name: str = ""
 ) -> torch.Tensor:
-    """New weight (same dtype) with the Wanda-pruned entries set to zero."""
+    """New weight (same dtype) with the Wanda-pruned entries set to zero; NaN/inf weights or activation
+    statistics are refused (naming `name`), as no score ranks them."""
+    check_finite(name, weight)
+    if not bool(torch.isfinite(act_norm_sq).all()):
+        raise LlmpruneError(f"Wanda: the calibration activations feeding '{name or '?'}' overflowed (NaN/inf); "
+                            "run in float32 or check the weights before this layer.")
     keep = wanda_mask(weight, act_norm_sq, sparsity, scope=scope, pattern=pattern)
     return weight.masked_fill(~keep, 0)

@@ -39,7 +39,7 @@ class NestedMagnitude:
                 for chunk in iter_chunks(self.original[name]):
                     yield i, chunk
 
-        self.thresholds = dict(zip(self.sparsities, kth_thresholds(iter_values, ks, self.bits, len(self.names))))
+        self.thresholds = dict(zip(self.sparsities, kth_thresholds(iter_values, ks, self.bits, len(self.names), self.names)))
         self.zeros = dict(zip(self.sparsities, ks))
 
     @torch.no_grad()

@@ -28,7 +28,11 @@ def point_key(method: str, level: str, task: str) -> tuple[str, str, str]:
 
 
 class ResultsLog:
-    """`DIR/results.jsonl`: the header (identity) and finished points; `append` is durable at once."""
+    """`DIR/results.jsonl`: the header (identity) and finished points; `append` is durable at once.
+
+    DIR and the header are written with the first point, so a sweep that fails or is interrupted before
+    scoring anything leaves nothing behind.
+    """
 
     def __init__(self, out: str | Path, identity: dict, overwrite: bool = False, header: dict | None = None):
         self.dir = Path(out)
@@ -44,15 +48,16 @@ class ResultsLog:
             if head.get("identity") != identity:
                 raise LlmpruneError(f"{self.path} holds a different sweep ({_difference(head.get('identity') or {}, identity)}); "
                                     "pass --overwrite to start over, or choose another -o.")
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._write_line({"kind": "header", "identity": identity, **(header or {})})
+        self._header = {"kind": "header", "identity": identity, **(header or {})}
 
     @property
     def done(self) -> dict[tuple[str, str, str], dict]:
         return {point_key(r["method"], r["level"], r["task"]): r for r in self.records}
 
     def append(self, record: dict) -> None:
+        if not self.path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._write_line(self._header)
         self._write_line({"kind": "point", **record})
         self.records.append(record)
 

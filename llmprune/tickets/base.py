@@ -163,7 +163,7 @@ def select_global(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str,
     if low < 0:
         scores = {k: v - low for k, v in scores.items()}
     numel = sum(v.numel() for v in scores.values())
-    g = GlobalMagnitude(scores, scores.__getitem__, [torch.float32], numel, sparsity)
+    g = GlobalMagnitude(scores, scores.__getitem__, [torch.float32], numel, sparsity, finite=False)  # +inf pins (fit_scores)
     return {k: g.mask(k, v) for k, v in scores.items()}
 
 
