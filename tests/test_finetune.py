@@ -68,7 +68,7 @@ def test_task_registry_errors(assets):
         get_task("glue/sst")
     with pytest.raises(LlmpruneError, match="not supported yet"):
         load_task(get_task("squad"))
-    with pytest.raises(LlmpruneError, match="both --train and --eval"):
+    with pytest.raises(LlmpruneError, match="both --train-data and --eval-data"):
         load_task(get_task("text"), train_file=str(assets["train"]))
     with pytest.raises(LlmpruneError, match="not both"):
         FinetuneConfig(task="text", sparsity=0.5, mask_from="x")
