@@ -179,6 +179,7 @@ def test_cli_errors(tmp_path):
     assert res.exit_code == 1 and "not both" in res.output
 
 
+@pytest.mark.slow  # the real MiniLM fine-tuned on MMLU categories (~45 s here)
 def test_minilm_mmlu_category_small(tmp_path):
     """The real MiniLM on the real offline task, a few steps: zeros fixed, a loadable classifier."""
     from llmprune.models import resolve_model

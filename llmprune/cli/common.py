@@ -91,8 +91,10 @@ def configure_logging(verbose: bool) -> None:
     """Quiet by default: warnings only, plus the first-run notices of the asset cache (a model being fetched or
     converted once). `-v` (before or after the subcommand) adds every library's progress details."""
     root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(levelname)s: %(message)s")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     notices = logging.getLogger("llmprune.assets")
     if not any(isinstance(h, _StderrHandler) for h in notices.handlers):
@@ -105,7 +107,7 @@ class _StderrHandler(logging.Handler):
     """Plain messages on whatever sys.stderr is at the time (click's test runner swaps it)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(record.getMessage(), err=True)
+        click.echo(self.format(record), err=True)
 
 
 def _verbose(ctx, param, value) -> None:
