@@ -6,6 +6,7 @@ from GGUF once into llmprune's cache), a local directory, a local `.gguf` file, 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -56,6 +57,21 @@ def _minilm_dir() -> Path:
 BUILTIN = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf, "all-minilm-l6-v2": _minilm_dir}
 
 
+@contextlib.contextmanager
+def _dequantise_bar_only():
+    """One conversion, one progress bar: transformers' own bars (loading the weights, writing the shards) are
+    off meanwhile; its GGUF dequantisation bar (plain tqdm) stays."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF file once into a normal safetensors directory (fp32, config + tokenizer)."""
     if (out / "config.json").exists():
@@ -66,17 +82,18 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     notice.info("Converting %s to safetensors (once, about 30 s; later runs load %s in seconds) ...", gguf.name, out)
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-        )
-    except Exception as e:
-        raise LlmpruneError(f"Cannot read GGUF file {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # dequantised: a plain checkpoint now
-    model.save_pretrained(work)
-    tok.save_pretrained(work)
+    with _dequantise_bar_only():
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+            )
+        except Exception as e:
+            raise LlmpruneError(f"Cannot read GGUF file {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config  # dequantised: a plain checkpoint now
+        model.save_pretrained(work)
+        tok.save_pretrained(work)
     os.replace(work, out)
     return out
 

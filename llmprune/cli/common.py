@@ -16,7 +16,7 @@ from ..config import METHODS, PruneConfig, parse_pattern
 from ..errors import LlmpruneError
 
 stdout = Console()
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # notices never break mid-phrase; a terminal wraps them itself
 
 
 @contextlib.contextmanager
