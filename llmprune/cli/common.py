@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 
 import click
@@ -96,6 +97,9 @@ def configure_logging(verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(logging.INFO if verbose else logging.WARNING)
+    os.environ["TRANSFORMERS_VERBOSITY"] = "info" if verbose else "error"  # its load reports are details too
+    if "transformers" in sys.modules:  # already imported: the variable above was read
+        sys.modules["transformers"].utils.logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
     notices = logging.getLogger("llmprune.assets")
     if not any(isinstance(h, _StderrHandler) for h in notices.handlers):
         notices.addHandler(_StderrHandler())

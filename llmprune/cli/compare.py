@@ -90,7 +90,7 @@ def compare_cmd(model, task, methods, sparsities, seeds, train_file, eval_file, 
     Every method shares one training loop and budget (the task's epochs, or --max-steps); its cost is the
     training steps it actually ran (IMP retrains per round, ISP adds its weak runs) plus the batches it
     scored before training (SNIP, GraSP). OUTPUT gets results.csv/json, plot.png and masks/<run>/ for
-    `llmprune masks compare`.
+    `llmprune masks compare`. MODEL is a Hub id, a local directory, or the built-in offline all-minilm-l6-v2.
 
     \b
     llmprune compare-methods all-minilm-l6-v2 --task mmlu-category --sparsities 0.5 --max-train-samples 400 -o table

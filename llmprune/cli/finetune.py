@@ -53,7 +53,8 @@ def finetune_cmd(model, task, sparsity, mask_from, method, imp, rounds, rate, tr
     """Fine-tune MODEL on a task keeping pruned weights at exactly zero.
 
     The mask comes from global one-shot magnitude pruning (--sparsity), from a pruned directory
-    (--mask-from), or is found by IMP (--imp). The classification head stays dense.
+    (--mask-from), or is found by IMP (--imp). The classification head stays dense. MODEL is a Hub id, a local
+    directory, or the built-in offline all-minilm-l6-v2 (BERT, from a PyPI package).
 
     \b
     llmprune finetune bert-base-uncased --task glue/sst2 --sparsity 0.5 -o bert-sst2-omp50
