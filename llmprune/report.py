@@ -1,4 +1,5 @@
-"""Counting zeros: per tensor, then rolled up globally, per decoder layer and per module type."""
+"""Counting zeros: per tensor, then rolled up globally, per decoder layer and per module type; and `inspect`'s
+streamed count over a checkpoint (with where its weights came from)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ def inspect_checkpoint(model: str, eps: float = 0.0, pattern=None, include=(), e
     from .methods.masks import satisfies_nm
     from .models import resolve_model
 
+    from .provenance import provenance
+
     ckpt = Checkpoint(resolve_model(model))
     select = Selector(arch_for(ckpt.config), tuple(include), tuple(exclude))
     stats = SparsityStats(eps=eps)
@@ -89,6 +92,7 @@ def inspect_checkpoint(model: str, eps: float = 0.0, pattern=None, include=(), e
             step(name)
     summary = stats.summary()
     summary["model"] = str(model)
+    summary["provenance"] = provenance(model, ckpt.path)
     if eps:
         summary["eps"] = eps
     if pattern is not None:

@@ -18,6 +18,7 @@ def invoke(*args):
     return CliRunner().invoke(main, ["eval", *map(str, args)])
 
 
+@pytest.mark.slow  # builds lm-eval's whole task index (~1-2 min here)
 def test_unknown_lm_eval_task_suggests_close_name(ckpt):
     r = invoke("hellaswagg", ckpt)
     assert r.exit_code == 1 and "Unknown task 'hellaswagg'. Did you mean 'hellaswag'?" in r.output

@@ -68,7 +68,7 @@ def test_task_registry_errors(assets):
         get_task("glue/sst")
     with pytest.raises(LlmpruneError, match="not supported yet"):
         load_task(get_task("squad"))
-    with pytest.raises(LlmpruneError, match="both --train and --eval"):
+    with pytest.raises(LlmpruneError, match="both --train-data and --eval-data"):
         load_task(get_task("text"), train_file=str(assets["train"]))
     with pytest.raises(LlmpruneError, match="not both"):
         FinetuneConfig(task="text", sparsity=0.5, mask_from="x")
@@ -177,6 +177,7 @@ def test_cli_errors(tmp_path):
     assert res.exit_code == 1 and "not both" in res.output
 
 
+@pytest.mark.slow  # the real MiniLM fine-tuned on MMLU categories (~45 s here)
 def test_minilm_mmlu_category_small(tmp_path):
     """The real MiniLM on the real offline task, a few steps: zeros fixed, a loadable classifier."""
     from llmprune.models import resolve_model

@@ -210,6 +210,7 @@ def test_lth_rewind_rewinds_to_the_early_step(assets):
 
 # -- every method end to end, text and images; the CLI ---------------------------------------------------
 
+@pytest.mark.slow  # every ticket method trained end to end: ~1.5 min per kind here
 @pytest.mark.parametrize("kind", ["bert", "vit"])
 def test_all_methods_end_to_end(assets, tmp_path, kind):
     from llmprune.maskcmp import compare_dirs

@@ -1,17 +1,15 @@
 """The `llmprune` command: a click group; each subcommand lives in its own small module."""
 from __future__ import annotations
 
-import logging
-
 import click
 
 from .. import __version__
-from .common import Group, exit_on_interrupt, honour_sigint
+from .common import Group, configure_logging, exit_on_interrupt, honour_sigint
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, "--version", prog_name="llmprune")
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details on stderr (quiet by default).")
 def main(verbose: bool) -> None:
     """Make large language models sparse in one shot, find how far they prune for free, and ship them.
 
@@ -19,7 +17,7 @@ def main(verbose: bool) -> None:
     llmprune prune smollm2-135m --sparsity 0.5 -o out     # global one-shot magnitude (OMP)
     llmprune inspect out                                  # where the zeros are
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    configure_logging(verbose)
 
 
 def _register() -> None:

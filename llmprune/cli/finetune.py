@@ -6,7 +6,7 @@ from rich.table import Table
 
 from ..errors import LlmpruneError
 from ..io import check_output
-from .common import emit, fmt_pct, json_option, stderr
+from .common import emit, fmt_pct, json_option, option, stderr
 from .compare import make_ticket_config, ticket_options
 
 
@@ -18,27 +18,31 @@ def _tasks_help() -> str:
 
 @click.command("finetune")
 @click.argument("model")
-@click.option("--task", required=True, help="Task: glue/sst2, glue/rte, glue/mnli, ... cifar10, cifar100, text, image, "
-              "mmlu-category, digits (offline).")
+@click.option("--task", required=True, help="Task: glue/sst2, glue/rte, glue/mnli, ... cifar10, cifar100 (Hub datasets); "
+              "text, image (your --train-data/--eval-data); mmlu-category, digits (offline, no download).")
 @click.option("--sparsity", type=float, default=0.0, show_default=True, help="Prune with global OMP to this fraction first.")
-@click.option("--mask-from", type=click.Path(), default=None, help="A pruned directory: keep its nonzeros, train only those.")
+@click.option("--mask-from", type=click.Path(), default=None, help="A pruned directory: keep its nonzeros, train only those "
+              "[default: no mask from a directory].")
 @click.option("--method", default="omp", show_default=True,
               help="How the mask at --sparsity is found: omp (one shot, before training), or found while fine-tuning: "
                    "random, progressive, snip, grasp, earlybird, lth, lth-rewind, lottery-pool, isp.")
 @click.option("--imp", is_flag=True, help="Lottery tickets: iterative magnitude pruning with rewinding to pre-trained weights.")
 @click.option("--rounds", type=int, default=5, show_default=True, help="IMP: number of pruning rounds.")
 @click.option("--rate", type=float, default=0.2, show_default=True, help="IMP: fraction of the remaining weights removed per round.")
-@click.option("--train", "train_file", type=click.Path(exists=True), default=None, help="Local training data (CSV/JSONL, or an image folder).")
-@click.option("--eval", "eval_file", type=click.Path(exists=True), default=None, help="Local evaluation data (same layout as --train).")
-@click.option("--max-train-samples", type=int, default=None, help="Train on a seeded random subset of this size.")
-@click.option("--max-eval-samples", type=int, default=None, help="Evaluate on a seeded random subset of this size.")
+@option("--train-data", "train_file", old=("--train",), type=click.Path(exists=True), default=None,
+        help="Local training data: CSV/JSONL, or an image folder [default: the task's own data].")
+@option("--eval-data", "eval_file", old=("--eval",), type=click.Path(exists=True), default=None,
+        help="Local evaluation data, same layout as --train-data [default: the task's own data].")
+@click.option("--max-train-samples", type=int, default=None, help="Train on a seeded random subset of this size [default: all].")
+@click.option("--max-eval-samples", type=int, default=None, help="Evaluate on a seeded random subset of this size [default: all].")
 @click.option("--epochs", type=float, default=None, help="Epochs [default: the task's].")
 @click.option("--batch-size", type=int, default=None, help="Batch size [default: the task's].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate, decayed linearly to 0 [default: the task's].")
 @click.option("--weight-decay", type=float, default=None, help="AdamW weight decay [default: 0.01].")
 @click.option("--max-length", type=int, default=None, help="Tokens per text example [default: the task's].")
-@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (per run / IMP round).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimizer steps (per run / IMP round) "
+              "[default: no cap].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data subsets, the new head and shuffling.")
 @ticket_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
@@ -49,13 +53,14 @@ def finetune_cmd(model, task, sparsity, mask_from, method, imp, rounds, rate, tr
     """Fine-tune MODEL on a task keeping pruned weights at exactly zero.
 
     The mask comes from global one-shot magnitude pruning (--sparsity), from a pruned directory
-    (--mask-from), or is found by IMP (--imp). The classification head stays dense.
+    (--mask-from), or is found by IMP (--imp). The classification head stays dense. MODEL is a Hub id, a local
+    directory, or the built-in offline all-minilm-l6-v2 (BERT, from a PyPI package).
 
     \b
     llmprune finetune bert-base-uncased --task glue/sst2 --sparsity 0.5 -o bert-sst2-omp50
     llmprune finetune ./vit --task cifar10 --mask-from ./vit-omp40 -o vit-c10
     llmprune finetune bert-base-uncased --task glue/rte --imp --rounds 5 --rate 0.2 -o bert-rte-lth
-    llmprune finetune all-minilm-l6-v2 --task mmlu-category --sparsity 0.5 --max-train-samples 2000 -o out
+    llmprune finetune all-minilm-l6-v2 --task mmlu-category --sparsity 0.5 --max-train-samples 2000 -o out  # offline
     llmprune finetune bert-base-uncased --task glue/rte --method isp --sparsity 0.6 -o rte-isp60
     """
     from ..finetune import FinetuneConfig, get_task, train_config

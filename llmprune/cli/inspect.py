@@ -36,7 +36,9 @@ def inspect_cmd(model, eps, pattern, include, exclude, by, as_json):
         emit(summary, True)
         return
     rows = {"type": summary["by_type"], "layer": summary["by_layer"], "tensor": summary["tensors"]}[by]
-    table = Table(title=f"{model}: prunable weights")
+    from ..provenance import describe
+
+    table = Table(title=f"{model}: prunable weights", caption=f"weights: {describe(summary['provenance'])}")
     cols = [by, "params", "zeros", "sparsity"] + ([f"|w|<={eps:g}"] if eps else []) + (["N:M ok"] if nm and by == "tensor" else [])
     for col in cols:
         table.add_column(col, justify="left" if col == by else "right")

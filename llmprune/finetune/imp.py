@@ -30,6 +30,7 @@ def lottery_tickets(model: str, out: str | Path, cfg: FinetuneConfig, rounds: in
                     overwrite: bool = False, log: Log | None = None) -> dict:
     """Run IMP for `rounds` prunings at `rate` each; save `out/roundK/` per round and `out/run.json`."""
     from ..prune import prune_model_, versions
+    from ..provenance import provenance
     from .batches import make_loaders
 
     if not (0 < rate < 1):
@@ -70,7 +71,7 @@ def lottery_tickets(model: str, out: str | Path, cfg: FinetuneConfig, rounds: in
         record = {"model": str(model), "source": str(src), "task": spec.name, "metric": spec.metric,
                   "labels": data.labels, "examples": {"train": _n(data.train), "eval": _n(data.eval)},
                   "config": cfg.to_json(), "imp": {"rounds": rounds, "rate": rate}, "rounds": rounds_out,
-                  "timings": {"total": time.perf_counter() - t0}, "versions": versions()}
+                  "timings": {"total": time.perf_counter() - t0}, "versions": versions(), "provenance": provenance(model, src)}
         (work / "run.json").write_text(json.dumps(record, indent=2, default=str))
     return record
 

@@ -107,6 +107,7 @@ def save_run(model, tokenizer, src: Path, out: Path, record: dict) -> None:
 def finetune(model: str, out: str | Path, cfg: FinetuneConfig, *, overwrite: bool = False, log: Log | None = None) -> dict:
     """Fine-tune MODEL on `cfg.task` with a fixed keep-mask and save it to `out`; returns the run record."""
     from ..prune import versions
+    from ..provenance import provenance
 
     out = check_output(out, overwrite)
     t0 = time.perf_counter()
@@ -126,7 +127,7 @@ def finetune(model: str, out: str | Path, cfg: FinetuneConfig, *, overwrite: boo
     record = {"model": str(model), "source": str(src), "task": spec.name, "metric": spec.metric, "labels": data.labels,
               "examples": {"train": _n(data.train), "eval": _n(data.eval)}, "config": cfg.to_json(),
               "mask": {k: v for k, v in pruned.items() if k != "by_layer"}, "sparsity": mask_sparsity(after) if masks else 0.0,
-              "history": history, "score": history[-1]["score"] if history else None, "versions": versions()}
+              "history": history, "score": history[-1]["score"] if history else None, "versions": versions(), "provenance": provenance(model, src)}
     timings["total"] = time.perf_counter() - t0
     record["timings"] = timings
     from accelerate import PartialState

