@@ -406,7 +406,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
         for f in state.root.iterdir():
             f.unlink()
         state.root.rmdir()
-        from .prune import run_record, sizes
+        from .record import run_record, sizes
 
         record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total), device=device.type,
                             calibration={**describe_batch(ids, cfg.seed),
@@ -423,7 +423,7 @@ def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg:
     """
     from .io import copy_aux_files, read_safetensors_header, read_tensor
     from .output import write_checkpoint
-    from .prune import output_metadata
+    from .record import output_metadata
     from .report import SparsityStats
 
     pruned, zeros_before = {}, {}  # name -> TensorInfo in the saved layer files; name -> zeros before pruning

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import __version__
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
@@ -26,6 +23,7 @@ from .methods.magnitude import GlobalMagnitude, magnitude_mask
 from .methods.masks import apply_threshold_
 from .models import resolve_model
 from .output import write_checkpoint
+from .record import output_metadata, run_record, sizes
 from .report import SparsityStats
 
 Step = Callable[[str], None]
@@ -50,23 +48,6 @@ def check_divisible(named_shapes, cfg: PruneConfig) -> None:
                 f"Cannot apply {cfg.pattern} to {name}: its input size {shape[-1]} is not divisible by M={cfg.pattern.m}; "
                 f"exclude it with --exclude or choose another pattern."
             )
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"llmprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for pkg in ("transformers", "safetensors", "accelerate", "lm_eval"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def run_record(model: str, src: Path, cfg: PruneConfig, stats: SparsityStats, timings: dict, **extra) -> dict:
-    return {"llmprune_version": __version__, "command": sys.argv, "model": str(model), "source": str(src),
-            "config": cfg.to_json(), "sparsity": stats.summary(), "timings": timings, "versions": versions(), **extra}
 
 
 @contextlib.contextmanager
@@ -140,17 +121,6 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
         record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total))
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
-
-
-def output_metadata(cfg: PruneConfig) -> dict:
-    """What the safetensors metadata of every output shard records about the run."""
-    return {"method": cfg.method, "sparsity": str(cfg.pattern or cfg.sparsity), "scope": cfg.scope}
-
-
-def sizes(ckpt: Checkpoint, output_bytes: int) -> dict:
-    """Input and output bytes on disk and their ratio (the compact format's saving)."""
-    input_bytes = sum(f.stat().st_size for f in ckpt.files)
-    return {"input_bytes": input_bytes, "output_bytes": output_bytes, "size_ratio": output_bytes / input_bytes}
 
 
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,

@@ -128,7 +128,7 @@ def plot_cmd(directory, epsilon, as_json):
 
 
 def _finish(out, epsilon: float, log, timings: dict | None, plot: bool) -> dict:
-    from ..prune import versions
+    from ..record import versions
     from ..sweep.results import RESULTS, read_results, summarize, write_outputs
 
     header, records = read_results(Path(out) / RESULTS)

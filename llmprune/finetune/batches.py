@@ -1,23 +1,13 @@
 """Turning task examples into model batches: tokenised text pairs, or resized and normalised images."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..images import image_norm
 from .tasks import TaskData
-
-
-def image_norm(model_dir: Path | None) -> tuple[list[float], list[float]]:
-    """(mean, std) from the checkpoint's preprocessor_config.json, else ViT's usual 0.5 / 0.5."""
-    cfg = Path(model_dir) / "preprocessor_config.json" if model_dir else None
-    if cfg and cfg.exists():
-        d = json.loads(cfg.read_text())
-        if "image_mean" in d and "image_std" in d:
-            return list(d["image_mean"]), list(d["image_std"])
-    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
 
 
 def make_loaders(data: TaskData, model, tokenizer, batch_size: int, eval_batch_size: int, max_length: int,

@@ -55,7 +55,7 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
     from ..errors import LlmpruneError
     from ..finetune.run import _n, save_run
     from ..io import atomic_dir, check_output
-    from ..prune import versions
+    from ..record import versions
 
     get_method(method)
     if cfg.mask_from:
