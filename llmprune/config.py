@@ -1,6 +1,7 @@
 """Frozen run configuration and the parsing/validation of user-facing values ("2:4", sparsity, scope)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import LlmpruneError, unknown
@@ -45,6 +46,39 @@ def check_sparsity(value: float) -> float:
     if not (0.0 <= value < 1.0):
         raise LlmpruneError(f"Sparsity {value:g} is out of range: use a fraction in [0, 1), e.g. 0.5 for 50% zeros.")
     return value
+
+
+def parse_sparsities(text: str, flag: str = "--sparsities", allow_zero: bool = True) -> tuple[float, ...]:
+    """"0:0.9:0.1" (start:stop:step, stop included) or "0.5,0.6,0.7" -> sorted unique levels, each in [0, 1)
+    (in (0, 1) without `allow_zero`). `flag` names the option in errors.
+
+    Values are rounded to 6 decimals so a range gives 0.3, not 0.30000000000000004.
+    """
+    text = text.strip()
+    low = "[0, 1)" if allow_zero else "(0, 1), 0 being the dense model"
+    allowed = (f"use start:stop:step (stop included) like 0.5:0.7:0.1, or comma-separated fractions like "
+               f"0.5,0.6,0.7; each in {low}.")
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise LlmpruneError(f"Invalid {flag} '{text}': need step > 0 and start <= stop; {allowed}")
+            n = math.floor((stop - start) / step + 1e-9)
+            values = [start + i * step for i in range(n + 1)]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise LlmpruneError(f"Invalid {flag} '{text}': {allowed}") from None
+    if not values:
+        raise LlmpruneError(f"Invalid {flag} '{text}': no values; {allowed}")
+    values = sorted({round(v, 6) for v in values})
+    bad = [v for v in values if not (0.0 <= v < 1.0 if allow_zero else 0.0 < v < 1.0)]
+    if bad:
+        raise LlmpruneError(f"Invalid {flag} '{text}': {bad[0]:g} is out of range; {allowed}")
+    return tuple(values)
 
 
 def check_choice(kind: str, value: str, choices) -> str:

@@ -60,7 +60,7 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     llmprune sweep smollm2-135m --task ppl --task mmlu --limit 5 --method magnitude --method wanda -o sweep
     llmprune sweep bert-base-uncased --pattern 1:4 --pattern 2:4 --pattern 4:8 --task ppl -o nm
     """
-    from ..sweep.knee import parse_sparsities
+    from ..config import parse_sparsities
     from ..sweep.results import ResultsLog
     from ..calib import context_length
     from ..sweep.run import SweepConfig, calibration_for, default_evaluators, prepare_mmlu, run_sweep
