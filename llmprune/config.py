@@ -1,13 +1,17 @@
-"""Frozen run configuration and the parsing/validation of user-facing values ("2:4", sparsity, scope)."""
+"""Frozen run configuration and the parsing/validation of user-facing values ("2:4", sparsity, scope).
+
+Method names are checked against the registry (llmprune.methods); nothing here tests a method's name.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import LlmpruneError, unknown
+from .methods import LayerSpec, get_method
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("global", "layer", "row")
+ALLOCATIONS = ("uniform", "owl")  # how the target sparsity is shared out over decoder layers (allocation.py)
 FORMATS = ("dense", "sparse")
 
 
@@ -102,17 +106,32 @@ class PruneConfig:
     calib_samples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    # layer-wise sparsity (OWL, Yin et al. 2024): outlier threshold M x the layer's mean score, band +- lambda
+    allocation: str = "uniform"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_choice("method", self.method, METHODS)
+        method = get_method(self.method)
         check_choice("scope", self.scope, SCOPES)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.pattern is None:
             check_sparsity(self.sparsity)
-        if self.method != "magnitude" and self.scope == "global" and self.pattern is None:
-            # Calibration methods compare scores within a layer (Wanda: per output row); a global
-            # threshold over activation-weighted scores is not what their papers define.
-            object.__setattr__(self, "scope", "layer" if self.method == "sparsegpt" else "row")
+        if self.allocation != "uniform":
+            if self.pattern is not None:
+                raise LlmpruneError(f"--allocation {self.allocation} gives every layer its own sparsity; it does not "
+                                    f"apply to an N:M --pattern (use --sparsity, or --allocation uniform).")
+            if not self.owl_m > 0:
+                raise LlmpruneError(f"--owl-m {self.owl_m:g} must be > 0: outliers are scores above M x the layer's mean (paper: 5).")
+            if not 0 <= self.owl_lambda < 0.5:
+                raise LlmpruneError(f"--owl-lambda {self.owl_lambda:g} is out of range: the largest deviation of a layer's "
+                                    f"sparsity from the target, in [0, 0.5) (paper: 0.08).")
+        if self.pattern is None and self.scope == "global" and (
+                "global" not in method.scopes or self.allocation != "uniform"):
+            # A global threshold is defined on |W| only (calibrated methods compare scores within a layer, as
+            # their papers do), and OWL sets each layer's own sparsity: use the method's layer-wise scope.
+            object.__setattr__(self, "scope", method.layer_scope)
 
     @property
     def target_sparsity(self) -> float:
@@ -120,7 +139,12 @@ class PruneConfig:
 
     def describe(self) -> str:
         what = f"{self.pattern}" if self.pattern else f"{self.sparsity:.0%} ({self.scope})"
-        return f"{self.method} {what}"
+        return f"{self.method} {what}" + (f" {self.allocation}" if self.allocation != "uniform" else "")
+
+    def layer_spec(self, sparsity: float | None = None, name: str = "") -> LayerSpec:
+        """What a method's `prune` gets for one weight: this run's pattern and scope, at `sparsity` (a layer's
+        own under OWL; None: the run's target)."""
+        return LayerSpec(self.sparsity if sparsity is None else sparsity, self.pattern, self.scope, name)
 
     def to_json(self) -> dict:
         d = asdict(self)

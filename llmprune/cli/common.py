@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import METHODS, PruneConfig, parse_pattern
+from ..config import ALLOCATIONS, PruneConfig, parse_pattern
+from ..methods import method_names
 from ..errors import LlmpruneError
 
 stdout = Console()
@@ -42,7 +43,7 @@ def json_option(f):
 def prune_options(f, default_sparsity: float | None = 0.5):
     """--method/--sparsity/--pattern/--scope/--include/--exclude, shared by prune, eval and sweep."""
     opts = [
-        click.option("--method", default="magnitude", show_default=True, help=f"Pruning method: {', '.join(METHODS)}."),
+        click.option("--method", default="magnitude", show_default=True, help=f"Pruning method: {', '.join(method_names())}."),
         click.option("--sparsity", type=float, default=default_sparsity, show_default=True,
                      help="Fraction of prunable weights set to zero, in [0, 1)."),
         click.option("--pattern", default=None, help="N:M pattern instead of --sparsity, e.g. 2:4 (at most N nonzeros per M inputs)."),
@@ -50,10 +51,34 @@ def prune_options(f, default_sparsity: float | None = 0.5):
                      help="global: one threshold over the model (the paper's OMP); layer: same fraction per matrix; row: per output row."),
         click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable)."),
         click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable)."),
+        *_allocation_opts(False),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def allocation_options(multiple: bool = False):
+    """Decorator adding --allocation/--owl-m/--owl-lambda (`multiple`: --allocation repeatable, as in sweep)."""
+    def decorate(f):
+        for opt in reversed(_allocation_opts(multiple)):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def _allocation_opts(multiple: bool) -> list:
+    """How the target is shared out over decoder layers: uniform, or OWL (Yin et al. 2024)."""
+    return [
+        click.option("--allocation", "allocations" if multiple else "allocation", multiple=multiple,
+                     default=("uniform",) if multiple else "uniform", show_default=True,
+                     help=f"Layer sparsities: {', '.join(ALLOCATIONS)} (OWL: layers with more outliers pruned less, "
+                          "averaging to the target; not with --pattern)" + (" (repeatable: one curve each)." if multiple else ".")),
+        click.option("--owl-m", type=float, default=5.0, show_default=True,
+                     help="OWL: a score is an outlier above M x its layer's mean score."),
+        click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+                     help="OWL: the largest deviation of a layer's sparsity from the target."),
+    ]
 
 
 def make_config(method, sparsity, pattern, scope, include=(), exclude=(), **calib) -> PruneConfig:

@@ -24,8 +24,8 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
               "(memory-bound; file reads already overlap on a background thread). 0: torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
-def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output, fmt, calib, calib_samples, seqlen,
-              seed, device, threads, overwrite, as_json):
+def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, allocation, owl_m, owl_lambda, output, fmt,
+              calib, calib_samples, seqlen, seed, device, threads, overwrite, as_json):
     """Prune MODEL in one shot and save it to OUTPUT.
 
     MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
@@ -35,9 +35,11 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
     llmprune prune smollm2-135m --sparsity 0.4 -o omp40            # global OMP (the paper's method)
     llmprune prune ./my-model --sparsity 0.5 --scope layer -o out  # same fraction in every matrix
     llmprune prune smollm2-135m --pattern 2:4 -o out24             # N:M
+    llmprune prune smollm2-135m --method wanda --sparsity 0.7 --allocation owl -o owl70   # OWL layer sparsities
     """
     cfg = make_config(method, sparsity, pattern, scope, include, exclude, calib=calib, calib_samples=calib_samples,
-                      seqlen=seqlen, seed=seed, extra={"device": device} if device else {})
+                      seqlen=seqlen, seed=seed, extra={"device": device} if device else {},
+                      allocation=allocation.lower(), owl_m=owl_m, owl_lambda=owl_lambda)
     check_choice("format", fmt, FORMATS)
     check_output(output, overwrite)
     from ..prune import prune_checkpoint
@@ -58,5 +60,10 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
     g = s["global"]
     table.add_row("[bold]all prunable", f"{g['params']:,}", f"{g['zeros']:,}", f"[bold]{fmt_pct(g['sparsity'])}")
     emit(record, False, table)
+    layers = record["allocation"].get("layers")
+    if layers:
+        s_of = [row["sparsity"] for row in layers.values()]
+        click.echo(f"OWL layer sparsities {fmt_pct(min(s_of))} .. {fmt_pct(max(s_of))} over {len(s_of)} layers "
+                   f"(see run.json, or inspect --by layer).", err=True)
     if g.get("zeros_before"):
         click.echo(f"{g['zeros_before']:,} weights were already zero and count as pruned.", err=True)

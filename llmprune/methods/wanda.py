@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .base import LayerSpec, Method
 from .masks import mask_for
 
 
@@ -49,3 +50,11 @@ def wanda_prune(
     """New weight (same dtype) with the Wanda-pruned entries set to zero."""
     keep = wanda_mask(weight, act_norm_sq, sparsity, scope=scope, pattern=pattern)
     return weight.masked_fill(~keep, 0)
+
+
+def prune(weight: torch.Tensor, stats: ActNormStats, spec: LayerSpec) -> torch.Tensor:
+    """The registry's entry point: `wanda_prune` with the layer's activation norms and spec."""
+    return wanda_prune(weight, stats.sum_sq, spec.sparsity, spec.scope, spec.pattern)
+
+
+METHOD = Method("wanda", "|W| * ||X|| per output row (Sun et al. 2023)", "act_norms", prune, scopes=("row", "layer"))
