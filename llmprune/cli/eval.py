@@ -78,7 +78,8 @@ def eval_cmd(tasks, model, data, limit, subjects, num_fewshot, batch_size, seqle
                           calib_samples=calib_samples, seqlen=seqlen, seed=seed, allocation=allocation.lower(),
                           owl_m=owl_m, owl_lambda=owl_lambda)
     elif get_method(method.lower()).calibrated or allocation.lower() != "uniform":
-        raise LlmpruneError(f"--method {method} --allocation {allocation} needs --sparsity or --pattern (what to prune to).")
+        given = f"--method {method}" if get_method(method.lower()).calibrated else f"--allocation {allocation}"
+        raise LlmpruneError(f"{given} needs --sparsity or --pattern (what to prune to).")
     kwargs = loading_kwargs(load_in_8bit, load_in_4bit, device)
     lm_tasks = [t for t in names if t not in ("mmlu", "ppl")]
     manager = folder = None
