@@ -84,7 +84,11 @@ def weight_allocation(cfg: PruneConfig, names: Iterable[str], layer_of: Callable
     ratios, params = {}, {}
     for layer, group in by_layer(names, layer_of).items():
         weights = [read(n) for n in group]
-        ratios[layer] = outlier_ratio(lambda: (outlier_score(w) for w in weights), cfg.owl_m)
+        ratios[layer] = _ratio(weights, cfg.owl_m)
         params[layer] = sum(w.numel() for w in weights)
         del weights
     return owl_allocation(cfg, ratios, params, SCORED_ON_WEIGHTS)
+
+
+def _ratio(weights: list[torch.Tensor], m: float) -> float:
+    return outlier_ratio(lambda: (outlier_score(w) for w in weights), m)

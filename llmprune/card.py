@@ -14,6 +14,8 @@ import json
 import shlex
 from pathlib import Path
 
+from .methods import REGISTRY
+
 # Built-in model names -> the Hub repos their weights come from (a card's base_model must be a Hub id).
 BUILTIN_BASE = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m",
                 "all-minilm-l6-v2": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -130,7 +132,10 @@ def model_card(run: dict, config: dict, extras: dict | None = None, repo_id: str
     out += ["## How it was made", "", "| setting | value |", "|---|---|",
             f"| method | {method} |", f"| target | {target} |",
             f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / {', '.join(cfg.get('exclude') or []) or '-'} |"]
-    if method != "magnitude":
+    if cfg.get("allocation", "uniform") != "uniform":
+        out.append(f"| layer sparsities | {cfg['allocation']} (M {cfg.get('owl_m')}, lambda {cfg.get('owl_lambda')}; "
+                   f"per layer in run.json) |")
+    if method in REGISTRY and REGISTRY[method].calibrated:
         out.append(f"| calibration | {cfg.get('calib') or 'pydoc'} (train split), {cfg.get('calib_samples')} samples x "
                    f"{cfg.get('seqlen')} tokens, seed {cfg.get('seed')} |")
     else:

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -269,10 +270,9 @@ def dense_outlier_ratios(layers: nn.ModuleList, inputs: LayerInputs, linears_of,
             load(i, layer)
         linears = linears_of(i, layer)
         stats = collect_stats(layer, i, linears, inputs, "act_norms", device)
-        ratios[i] = outlier_ratio(lambda: (outlier_score(m.weight, stats[leaf].sum_sq) for leaf, m in linears.items()),
-                                  cfg.owl_m)
+        ratios[i] = outlier_ratio(partial(_iter_scores, linears, stats), cfg.owl_m)
         params[i] = sum(m.weight.numel() for m in linears.values())
-        del stats
+        del stats, linears
         forward_layer_(layer, i, inputs, device)
         if unload:
             unload(layer)
@@ -454,6 +454,10 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
                             resumed_after_layer=start - 1 if start else None, allocation=alloc.to_json())
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _iter_scores(linears: dict[str, nn.Linear], stats: dict):
+    return (outlier_score(m.weight, stats[leaf].sum_sq) for leaf, m in linears.items())
 
 
 def streamed_allocation(state: WorkState, skeleton, layers_path, layers, ckpt, name_of, ids, is_target,

@@ -11,12 +11,6 @@ from .common import emit, fmt_pct, json_option, stderr
 from .compare import make_ticket_config, ticket_options
 
 
-def _tasks_help() -> str:
-    from ..finetune.tasks import TASKS
-
-    return ", ".join(TASKS)
-
-
 @click.command("finetune")
 @click.argument("model")
 @click.option("--task", required=True, help="Task: glue/sst2, glue/rte, glue/mnli, ... cifar10, cifar100, text, image, "
