@@ -61,10 +61,10 @@ class Allocation:
 
 def owl_allocation(cfg: PruneConfig, ratios: dict[int, float], params: dict[int, int], scored_on: str) -> Allocation:
     """OWL's layer sparsities for `cfg` from each layer's outlier ratio and prunable weight count."""
-    order = sorted(ratios)
+    order = sorted(i for i in ratios if params[i] > 0)  # layers with nothing selected to prune keep nothing
     sparsities = owl_sparsities([ratios[i] for i in order], [params[i] for i in order], cfg.sparsity, cfg.owl_lambda)
-    return Allocation("owl", dict(zip(order, sparsities)), dict(ratios), dict(params), cfg.sparsity, cfg.owl_m,
-                      cfg.owl_lambda, scored_on)
+    return Allocation("owl", dict(zip(order, sparsities)), {i: ratios[i] for i in order}, {i: params[i] for i in order},
+                      cfg.sparsity, cfg.owl_m, cfg.owl_lambda, scored_on)
 
 
 def by_layer(names: Iterable[str], layer_of: Callable[[str], int | None]) -> dict[int, list[str]]:
