@@ -67,6 +67,14 @@ def owl_allocation(cfg: PruneConfig, ratios: dict[int, float], params: dict[int,
                       cfg.sparsity, cfg.owl_m, cfg.owl_lambda, scored_on)
 
 
+def reuse(outliers: Allocation | None, cfg: PruneConfig) -> Allocation | None:
+    """`cfg`'s allocation from an earlier one's outlier ratios (same model, method, M and calibration; only
+    the target or lambda differ: a sweep's levels), or None when there is none to reuse."""
+    if outliers is None or outliers.kind != cfg.allocation or outliers.m != cfg.owl_m:
+        return None
+    return owl_allocation(cfg, outliers.ratios, outliers.params, outliers.scored_on)
+
+
 def by_layer(names: Iterable[str], layer_of: Callable[[str], int | None]) -> dict[int, list[str]]:
     """{layer index: its weight names}, layers in increasing order (names outside any layer left out)."""
     groups: dict[int, list[str]] = {}

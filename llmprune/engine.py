@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .allocation import SCORED_ON_ACTIVATIONS, Allocation, owl_allocation
+from .allocation import SCORED_ON_ACTIVATIONS, Allocation, owl_allocation, reuse
 from .arch import arch_for
 from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
@@ -289,8 +289,10 @@ def selected_linears(layer: nn.Module, prefix: str, is_target) -> dict[str, nn.L
 # In memory: a loaded model pruned in place (eval --sparsity, fine-tuning, the reference for streaming).
 
 def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: torch.Tensor | None,
-                            step=None) -> dict:
-    """Prune a loaded model in place with Wanda/SparseGPT on `calib` (n, seqlen); returns the sparsity summary."""
+                            step=None, outliers: Allocation | None = None) -> dict:
+    """Prune a loaded model in place with Wanda/SparseGPT on `calib` (n, seqlen); returns the sparsity summary.
+
+    `outliers`: an earlier OWL allocation of this dense model whose outlier ratios are reused (no first pass)."""
     from .report import SparsityStats
 
     check_method(cfg)
@@ -299,8 +301,8 @@ def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: t
     device = next(model.parameters()).device
     path, layers = find_layers(model, arch_for(model.config))
     batch_size = batch_size_for(calib.shape[1], cfg)
-    alloc = Allocation()
-    if cfg.allocation == "owl":
+    alloc = reuse(outliers, cfg) or Allocation()
+    if cfg.allocation == "owl" and alloc.kind == "uniform":
         alloc = dense_outlier_ratios(layers, capture_inputs(model, layers, calib, batch_size, device),
                                      lambda i, layer: selected_linears(layer, f"{path}.{i}", select), cfg, device)
     inputs = capture_inputs(model, layers, calib, batch_size, device)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from .allocation import Allocation, weight_allocation
+from .allocation import Allocation, reuse, weight_allocation
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
@@ -131,8 +131,11 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
 
 
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,
-                 step: Step | None = None) -> dict:
-    """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary."""
+                 step: Step | None = None, outliers: Allocation | None = None) -> dict:
+    """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary.
+
+    `outliers`: an earlier OWL allocation of this same dense model (a sweep's previous level), whose outlier
+    ratios are reused instead of scored again."""
     select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
     params = [(n, p) for n, p in model.named_parameters() if select(n, tuple(p.shape))]
     if not params:
@@ -142,16 +145,16 @@ def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor |
     if method.calibrated:
         from .engine import prune_model_calibrated_
 
-        return prune_model_calibrated_(model, select, cfg, calib, step=step)
+        return prune_model_calibrated_(model, select, cfg, calib, step=step, outliers=outliers)
     stats = SparsityStats()
-    alloc, glob = Allocation(), None
+    alloc, glob = reuse(outliers, cfg) or Allocation(), None
     layer_of = lambda name: select.describe(name)[0]  # noqa: E731
     with torch.no_grad():
         if cfg.pattern is None and cfg.scope == "global":
             data = {n: p.data for n, p in params}
             glob = GlobalMagnitude(data, data.__getitem__, (p.dtype for _, p in params),
                                    sum(p.numel() for _, p in params), cfg.sparsity)
-        elif cfg.allocation == "owl":
+        elif cfg.allocation == "owl" and alloc.kind == "uniform":
             data = {n: p.data for n, p in params}
             alloc = weight_allocation(cfg, data, layer_of, data.__getitem__)
         for name, p in params:

@@ -248,3 +248,23 @@ def test_sweep_compares_allocations(tiny_lm_dir, tmp_path):
     rows = {(row["method"], row["level"]): row for row in result["rows"]}
     assert rows[("wanda+owl", "0.7")]["actual_sparsity"] == pytest.approx(0.7, abs=1 / 64)
     assert (out / "sweep.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_outlier_ratios_reused_across_targets(tmp_path, monkeypatch, method):
+    """A sweep's later levels reuse the dense model's outlier ratios: same result as scoring again."""
+    import llmprune.engine as engine
+    import llmprune.prune as prune
+
+    src = checkpoint(tmp_path)
+    first = prune_model_(load(src), PruneConfig(method=method, sparsity=0.5, allocation="owl", owl_m=3.0), calib_ids())
+    cfg = PruneConfig(method=method, sparsity=0.7, allocation="owl", owl_m=3.0)
+    fresh_model = load(src)
+    fresh = prune_model_(fresh_model, cfg, calib_ids())
+    monkeypatch.setattr(engine, "dense_outlier_ratios", lambda *a, **k: pytest.fail("scored again"))
+    monkeypatch.setattr(prune, "weight_allocation", lambda *a, **k: pytest.fail("scored again"))
+    reused_model = load(src)
+    reused = prune_model_(reused_model, cfg, calib_ids(), outliers=Allocation.from_json(first["allocation"]))
+    assert reused["allocation"] == fresh["allocation"]
+    for (name, a), b in zip(fresh_model.state_dict().items(), reused_model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ..config import ALLOCATIONS, PruneConfig, check_choice, check_sparsity, parse_pattern
+from ..allocation import Allocation
 from ..methods import get_method
 from ..errors import LlmpruneError
 from .levels import NestedMagnitude
@@ -201,6 +202,7 @@ def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluat
     t0 = time.perf_counter()
     weights = NestedMagnitude(params, [k[3].sparsity for k in todo if nested[k]])  # the CPU copy; nested thresholds
     setup_s = time.perf_counter() - t0
+    outliers = {}  # method -> its OWL allocation at an earlier level: the dense model's outlier ratios, reused
     try:
         for (label, method, allocation, level), tasks in todo.items():
             t0 = time.perf_counter()
@@ -210,7 +212,10 @@ def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluat
                 from ..prune import prune_model_
 
                 weights.restore_()
-                actual = prune_model_(model, cfg.prune_config(method, level, allocation), calib)["global"]["sparsity"]
+                summary = prune_model_(model, cfg.prune_config(method, level, allocation), calib, outliers=outliers.get(method))
+                if "allocation" in summary:
+                    outliers[method] = Allocation.from_json(summary["allocation"])
+                actual = summary["global"]["sparsity"]
             score(label, level, actual, time.perf_counter() - t0 + setup_s, tasks)
             setup_s = 0.0
     finally:
