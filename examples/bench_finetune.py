@@ -21,13 +21,16 @@ from pathlib import Path
 import torch
 
 from llmprune.config import PruneConfig
-from llmprune.finetune import FinetuneConfig, TrainConfig, finetune, get_task, imp_sparsity, load_task, lottery_tickets
+from llmprune.finetune import FinetuneConfig, TrainConfig, finetune, get_task, load_task
 from llmprune.finetune.batches import make_loaders
 from llmprune.finetune.run import load_for_task, prepare_masks
 from llmprune.finetune.train import train_
 from llmprune.maskcmp import compare_dirs
 from llmprune.models import resolve_model
 from llmprune.prune import prune_checkpoint
+from llmprune.tickets import TicketConfig
+from llmprune.tickets.run import finetune_ticket
+from llmprune.tickets.scores import imp_sparsity
 
 
 def log(s: str) -> None:
@@ -86,9 +89,10 @@ def throughput(src: Path, a) -> dict:
 
 
 def omp_vs_imp(src: Path, out: Path, a) -> dict:
-    cfg = FinetuneConfig(task="mmlu-category", max_train_samples=a.imp_train, max_eval_samples=a.eval,
-                         train=TrainConfig(epochs=1, batch_size=16, lr=a.lr, max_length=a.max_length))
-    lottery_tickets(str(src), out / "minilm-lth", cfg, rounds=a.rounds, rate=a.rate, overwrite=True, log=log)
+    cfg = FinetuneConfig(task="mmlu-category", sparsity=imp_sparsity(a.rate, a.rounds), max_train_samples=a.imp_train,
+                         max_eval_samples=a.eval, train=TrainConfig(epochs=1, batch_size=16, lr=a.lr, max_length=a.max_length))
+    finetune_ticket(str(src), out / "minilm-lth", cfg, "lth", TicketConfig(rounds=a.rounds, keep_rounds=True),
+                    overwrite=True, log=log)  # = `finetune --imp`
     res = {}
     for k in range(1, a.rounds + 1):
         s = imp_sparsity(a.rate, k)

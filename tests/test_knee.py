@@ -4,7 +4,8 @@ import math
 import pytest
 
 from llmprune.errors import LlmpruneError
-from llmprune.sweep.knee import find_knee, parse_sparsities, performance_drop
+from llmprune.config import parse_sparsities
+from llmprune.sweep.knee import find_knee, performance_drop
 
 S = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 

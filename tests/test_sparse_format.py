@@ -156,7 +156,8 @@ def test_prune_sparse_format_round_trips_and_loads_with_kernels(tmp_path):
     from llmprune.config import PruneConfig
     from llmprune.models import load_model
     from llmprune.prune import prune_checkpoint
-    from llmprune.sparse import SparseLinear, load_sparse_model
+    from llmprune.models import load_sparse_model
+    from llmprune.sparse import SparseLinear
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import METHODS, PruneConfig, parse_pattern
+from ..config import ALLOCATIONS, PruneConfig, parse_pattern
 from ..errors import LlmpruneError
+from ..methods import get_method, method_names
 
 stdout = Console()
 stderr = Console(stderr=True, soft_wrap=True)  # notices never break mid-phrase; a terminal wraps them itself
@@ -67,7 +68,7 @@ def json_option(f):
 def prune_options(f, default_sparsity: float | None = 0.5):
     """--method/--sparsity/--pattern/--scope/--include/--exclude, shared by prune, eval and sweep."""
     opts = [
-        click.option("--method", default="magnitude", show_default=True, help=f"Pruning method: {', '.join(METHODS)}."),
+        click.option("--method", default="magnitude", show_default=True, help=f"Pruning method: {', '.join(method_names())}."),
         click.option("--sparsity", type=float, default=default_sparsity, show_default=True,
                      help="Fraction of prunable weights set to zero, in [0, 1)."),
         click.option("--pattern", default=None, help="N:M pattern instead of --sparsity, e.g. 2:4 (at most N nonzeros per M "
@@ -77,10 +78,34 @@ def prune_options(f, default_sparsity: float | None = 0.5):
         click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable) "
                      "[default: every linear of the decoder/encoder blocks]."),
         click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable) [default: none]."),
+        *_allocation_opts(False),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
+
+
+def allocation_options(multiple: bool = False):
+    """Decorator adding --allocation/--owl-m/--owl-lambda (`multiple`: --allocation repeatable, as in sweep)."""
+    def decorate(f):
+        for opt in reversed(_allocation_opts(multiple)):
+            f = opt(f)
+        return f
+    return decorate
+
+
+def _allocation_opts(multiple: bool) -> list:
+    """How the target is shared out over decoder layers: uniform, or OWL (Yin et al. 2024)."""
+    return [
+        click.option("--allocation", "allocations" if multiple else "allocation", multiple=multiple,
+                     default=("uniform",) if multiple else "uniform", show_default=True,
+                     help=f"Layer sparsities: {', '.join(ALLOCATIONS)} (OWL: layers with more outliers pruned less, "
+                          "averaging to the target; not with --pattern)" + (" (repeatable: one curve each)." if multiple else ".")),
+        click.option("--owl-m", type=float, default=5.0, show_default=True,
+                     help="OWL: a score is an outlier above M x its layer's mean score."),
+        click.option("--owl-lambda", type=float, default=0.08, show_default=True,
+                     help="OWL: the largest deviation of a layer's sparsity from the target."),
+    ]
 
 
 def make_config(method, sparsity, pattern, scope, include=(), exclude=(), **calib) -> PruneConfig:
@@ -88,7 +113,7 @@ def make_config(method, sparsity, pattern, scope, include=(), exclude=(), **cali
     if pattern is not None and sparsity is not None and explicit("sparsity"):
         raise LlmpruneError(f"Give --sparsity or --pattern, not both: the {pattern} pattern fixes the sparsity "
                             f"(1 - N/M).")
-    if method.lower() != "magnitude" and pattern is None and scope.lower() == "global" and explicit("scope"):
+    if get_method(method.lower()).calibrated and pattern is None and scope.lower() == "global" and explicit("scope"):
         raise LlmpruneError(f"{method} compares scores within a layer: use --scope layer or row, not global "
                             f"(global is magnitude's one threshold over the model).")
     return PruneConfig(method=method.lower(), sparsity=0.0 if sparsity is None else sparsity,

@@ -40,21 +40,6 @@ def make_ticket_config(stages, weak_runs, weak_fraction, vote, rounds, score_bat
                         score_batches=score_batches, eb_eps=eb_eps)
 
 
-def _floats(text: str, what: str) -> list[float]:
-    from ..config import check_sparsity
-
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise LlmpruneError(f"Invalid {what} '{text}': give comma-separated fractions, e.g. 0.5,0.6.") from None
-    if not values:
-        raise LlmpruneError(f"No {what} given: e.g. 0.5,0.6.")
-    for v in values:
-        if check_sparsity(v) == 0:
-            raise LlmpruneError("Sparsity 0 is the dense model: give targets in (0, 1), e.g. 0.5,0.6.")
-    return values
-
-
 @click.command("compare-methods")
 @click.argument("model")
 @click.option("--task", required=True, help="Task, as for finetune: glue/rte, ... (Hub datasets); text, image (your "
@@ -96,6 +81,7 @@ def compare_cmd(model, task, methods, sparsities, seeds, train_file, eval_file, 
     llmprune compare-methods all-minilm-l6-v2 --task mmlu-category --sparsities 0.5 --max-train-samples 400 -o table
     llmprune compare-methods bert-base-uncased --task glue/rte --method omp,lth,isp --sparsities 0.5,0.6 --seeds 3 -o t
     """
+    from ..config import parse_sparsities
     from ..finetune import FinetuneConfig, get_task, train_config
     from ..tickets import get_method
     from ..tickets.compare import compare_methods
@@ -103,7 +89,7 @@ def compare_cmd(model, task, methods, sparsities, seeds, train_file, eval_file, 
     names = list(split_list(methods)) or _methods()
     for m in names:
         get_method(m)
-    targets = _floats(sparsities, "sparsities")
+    targets = list(parse_sparsities(sparsities, "--sparsity", allow_zero=False))
     if seeds < 1:
         raise LlmpruneError(f"--seeds {seeds} must be at least 1.")
     opts = make_ticket_config(stages, weak_runs, weak_fraction, vote, rounds, score_batches, eb_eps)

@@ -6,6 +6,7 @@ from rich.table import Table
 
 from ..config import check_device
 from ..errors import LlmpruneError
+from ..methods import get_method
 from .common import emit, fmt_pct, json_option, make_config, progress, prune_options, stderr
 
 
@@ -54,8 +55,9 @@ def _batch_size(text: str) -> int | str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Save lm-eval's own results JSON here "
               "[default: not saved].")
 @json_option
-def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewshot, batch_size, seqlen, device, dtype, load_in_8bit,
-             load_in_4bit, sparse_kernels, method, sparsity, pattern, scope, include, exclude, calib, calib_samples, seed, output, as_json):
+def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewshot, batch_size, seqlen, device, dtype,
+             load_in_8bit, load_in_4bit, sparse_kernels, method, sparsity, pattern, scope, include, exclude, allocation,
+             owl_m, owl_lambda, calib, calib_samples, seed, output, as_json):
     """Evaluate MODEL on TASKS: mmlu, ppl, or comma-separated lm-eval task names (hellaswag,arc_easy).
 
     MMLU is zero-shot with lm-eval's own prompt and `acc` (numbers equal `lm_eval --tasks mmlu`), averaged
@@ -67,6 +69,7 @@ def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewsh
     llmprune eval ppl smollm2-135m --seqlen 512 --limit 40     # pydoc text, 40 windows
     llmprune eval ppl,mmlu ./pruned --ppl-data wikitext2 --json
     llmprune eval ppl smollm2-135m --sparsity 0.5 --scope layer   # prune in memory, then score
+    llmprune eval ppl smollm2-135m --method wanda --sparsity 0.7 --allocation owl --limit 8
     """
     from ..eval.loading import loading_kwargs
 
@@ -78,14 +81,16 @@ def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewsh
     cfg = None
     if sparsity is not None or pattern is not None:
         cfg = make_config(method, sparsity or 0.0, pattern, scope, include, exclude, calib=calib,
-                          calib_samples=calib_samples, seqlen=seqlen, seed=seed)
-    elif method != "magnitude":
-        raise LlmpruneError(f"--method {method} needs --sparsity or --pattern (what to prune to).")
+                          calib_samples=calib_samples, seqlen=seqlen, seed=seed, allocation=allocation.lower(),
+                          owl_m=owl_m, owl_lambda=owl_lambda)
+    elif get_method(method.lower()).calibrated or allocation.lower() != "uniform":
+        given = f"--method {method}" if get_method(method.lower()).calibrated else f"--allocation {allocation}"
+        raise LlmpruneError(f"{given} needs --sparsity or --pattern (what to prune to).")
     if cfg is not None and (load_in_8bit or load_in_4bit):  # bitsandbytes stores codes, not weights
         flag = "--load-in-8bit" if load_in_8bit else "--load-in-4bit"
         raise LlmpruneError(f"{flag} cannot be combined with --sparsity/--pattern: pruning would rank quantized codes, "
                             f"not weights. Prune first (llmprune prune MODEL ... -o OUT), then: llmprune eval {tasks} OUT {flag}.")
-    if calib is not None and (cfg is None or cfg.method == "magnitude"):
+    if calib is not None and (cfg is None or not get_method(cfg.method).calibrated):
         raise LlmpruneError("--calib is only for pruning with --method wanda or sparsegpt (and --sparsity or --pattern).")
     for flag, value in (("--limit", limit), ("--seqlen", seqlen)):
         if value is not None and value < 1:
@@ -112,7 +117,10 @@ def eval_cmd(tasks, model, ppl_data, mmlu_data, data, limit, subjects, num_fewsh
         raise LlmpruneError(f"{model} has no tokenizer: eval needs a language model with one.")
     record: dict = {"model": model, "tasks": {}}
     if cfg is not None:
-        record["prune"], record["sparsity"] = cfg.to_json(), _prune(lm, tok, cfg)
+        summary = _prune(lm, tok, cfg)
+        record["prune"], record["sparsity"] = cfg.to_json(), summary["global"]
+        if "allocation" in summary:
+            record["allocation"] = summary["allocation"]
     if sparse_kernels:
         from ..sparse.semi import use_sparse_kernels_
 
@@ -147,13 +155,13 @@ def _prune(model, tok, cfg) -> dict:
     from ..prune import prune_model_
 
     ids = None
-    if cfg.method != "magnitude":
+    if get_method(cfg.method).calibrated:
         from ..calib import calibration_for, context_length
 
         ids = calibration_for(tok, cfg, context_length(model.config))
     n = sum(1 for _ in model.named_parameters())
     with progress(n, f"pruning {cfg.describe()}") as step:
-        return prune_model_(model, cfg, ids, step=step)["global"]
+        return prune_model_(model, cfg, ids, step=step)
 
 
 def _table(record: dict) -> Table:

@@ -1,4 +1,5 @@
-"""`llmprune finetune`: fine-tune a pruned model with its mask held fixed, or find lottery tickets (IMP)."""
+"""`llmprune finetune`: fine-tune a pruned model with its mask held fixed, or find the mask while training
+(ticket methods; `--imp` is `--method lth` given as rounds and a rate)."""
 from __future__ import annotations
 
 import click
@@ -8,12 +9,6 @@ from ..errors import LlmpruneError
 from ..io import check_output
 from .common import emit, fmt_pct, json_option, option, stderr
 from .compare import make_ticket_config, ticket_options
-
-
-def _tasks_help() -> str:
-    from ..finetune.tasks import TASKS
-
-    return ", ".join(TASKS)
 
 
 @click.command("finetune")
@@ -26,7 +21,8 @@ def _tasks_help() -> str:
 @click.option("--method", default="omp", show_default=True,
               help="How the mask at --sparsity is found: omp (one shot, before training), or found while fine-tuning: "
                    "random, progressive, snip, grasp, earlybird, lth, lth-rewind, lottery-pool, isp.")
-@click.option("--imp", is_flag=True, help="Lottery tickets: iterative magnitude pruning with rewinding to pre-trained weights.")
+@click.option("--imp", is_flag=True, help="Lottery tickets by IMP given as --rounds and --rate: --method lth at sparsity "
+              "1 - (1 - rate)^rounds, every round's masks kept as OUTPUT/roundK/.")
 @click.option("--rounds", type=int, default=5, show_default=True, help="IMP: number of pruning rounds.")
 @click.option("--rate", type=float, default=0.2, show_default=True, help="IMP: fraction of the remaining weights removed per round.")
 @option("--train-data", "train_file", old=("--train",), type=click.Path(exists=True), default=None,
@@ -70,25 +66,25 @@ def finetune_cmd(model, task, sparsity, mask_from, method, imp, rounds, rate, tr
                         max_length=max_length, max_steps=max_steps, seed=seed)
     cfg = FinetuneConfig(task=task, sparsity=sparsity, mask_from=mask_from, train_file=train_file, eval_file=eval_file,
                          max_train_samples=max_train_samples, max_eval_samples=max_eval_samples, train=tcfg)
+    if imp:
+        method, cfg = "lth", _imp_config(cfg, method, rounds, rate)
     if method != "omp":
+        from dataclasses import replace
+
         from ..tickets import get_method
 
         get_method(method)
-        if imp:
-            raise LlmpruneError(f"--imp and --method {method} both choose the mask: --method lth is IMP with rewinding.")
-        opts = make_ticket_config(stages, weak_runs, weak_fraction, vote, rounds, score_batches, eb_eps)
+        opts = replace(make_ticket_config(stages, weak_runs, weak_fraction, vote, rounds, score_batches, eb_eps),
+                       keep_rounds=imp)
     check_output(output, overwrite)
     log = lambda s: stderr.print(s, highlight=False)  # noqa: E731
     if method != "omp":
         from ..tickets.run import finetune_ticket
 
         record = finetune_ticket(model, output, cfg, method, opts, overwrite=overwrite, log=log)
-        rows = [(method, record["sparsity"], record["score"])]
-    elif imp:
-        from ..finetune import lottery_tickets
-
-        record = lottery_tickets(model, output, cfg, rounds, rate, overwrite=overwrite, log=log)
-        rows = [(f"round {r['round']}", r["sparsity"], r["score"]) for r in record["rounds"]]
+        rounds_run = record["info"].get("rounds") if imp else None
+        rows = ([(f"round {r['round']}", r["sparsity"], r["score"]) for r in rounds_run] if rounds_run
+                else [(method, record["sparsity"], record["score"])])
     else:
         from ..finetune import finetune
 
@@ -101,3 +97,20 @@ def finetune_cmd(model, task, sparsity, mask_from, method, imp, rounds, rate, tr
     for name, s, score in rows:
         table.add_row(name, fmt_pct(s), f"{score:.4f}")
     emit(record, as_json, table)
+
+
+def _imp_config(cfg, method: str, rounds: int, rate: float):
+    """`--imp --rounds R --rate r` as the lth ticket method's config: target sparsity 1 - (1 - r)^R."""
+    from dataclasses import replace
+
+    from ..tickets.scores import imp_sparsity
+
+    if method != "omp":
+        raise LlmpruneError(f"--imp and --method {method} both choose the mask: --method lth is IMP with rewinding.")
+    if not (0 < rate < 1):
+        raise LlmpruneError(f"--rate {rate:g} is out of range: use the fraction of remaining weights removed per round, in (0, 1).")
+    if rounds < 1:
+        raise LlmpruneError(f"--rounds {rounds} must be at least 1.")
+    if cfg.sparsity or cfg.mask_from:
+        raise LlmpruneError("--imp finds its own masks: drop --sparsity / --mask-from.")
+    return replace(cfg, sparsity=imp_sparsity(rate, rounds))

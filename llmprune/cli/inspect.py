@@ -25,6 +25,7 @@ def inspect_cmd(model, eps, pattern, include, exclude, by, as_json):
     llmprune inspect out                       # per module type: q/k/v/o vs MLP up/gate/down
     llmprune inspect out --by layer --eps 1e-3
     llmprune inspect out --pattern 2:4 --json
+    llmprune inspect owl70 --by layer          # an OWL run: each layer's target beside its sparsity
     """
     nm = parse_pattern(pattern)
     from ..report import inspect_checkpoint
@@ -39,11 +40,15 @@ def inspect_cmd(model, eps, pattern, include, exclude, by, as_json):
     from ..provenance import describe
 
     table = Table(title=f"{model}: prunable weights", caption=f"weights: {describe(summary['provenance'])}")
-    cols = [by, "params", "zeros", "sparsity"] + ([f"|w|<={eps:g}"] if eps else []) + (["N:M ok"] if nm and by == "tensor" else [])
+    targets = by == "layer" and "allocation" in summary
+    cols = ([by, "params", "zeros", "sparsity"] + (["target"] if targets else []) + ([f"|w|<={eps:g}"] if eps else [])
+            + (["N:M ok"] if nm and by == "tensor" else []))
     for col in cols:
         table.add_column(col, justify="left" if col == by else "right")
     for key, row in rows.items():
         cells = [key, f"{row['params']:,}", f"{row['zeros']:,}", fmt_pct(row["sparsity"])]
+        if targets:
+            cells.append(fmt_pct(row["target"]) if "target" in row else "")
         if eps:
             cells.append(fmt_pct(row.get("near_zero", 0) / row["params"]))
         if nm and by == "tensor":
@@ -51,6 +56,8 @@ def inspect_cmd(model, eps, pattern, include, exclude, by, as_json):
         table.add_row(*cells)
     g = summary["global"]
     total = ["[bold]total", f"{g['params']:,}", f"{g['zeros']:,}", f"[bold]{fmt_pct(g['sparsity'])}"]
+    if targets:
+        total.append(fmt_pct(summary["allocation"]["target"]))
     if eps:
         total.append(fmt_pct(g.get("near_zero", 0) / g["params"]))
     if nm and by == "tensor":

@@ -7,6 +7,7 @@ from rich.table import Table
 from ..config import FORMATS, check_choice
 from ..errors import LlmpruneError
 from ..io import Checkpoint, check_output
+from ..methods import get_method
 from ..models import resolve_model
 from .common import emit, fmt_pct, json_option, make_config, progress, prune_options
 
@@ -30,8 +31,8 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
               "(memory-bound; file reads already overlap on a background thread). 0: torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
-def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output, fmt, calib, calib_samples, seqlen,
-              seed, device, activations, threads, overwrite, as_json):
+def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, allocation, owl_m, owl_lambda, output, fmt,
+              calib, calib_samples, seqlen, seed, device, activations, threads, overwrite, as_json):
     """Prune MODEL in one shot and save it to OUTPUT.
 
     MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
@@ -41,15 +42,17 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
     llmprune prune smollm2-135m --sparsity 0.4 -o omp40            # global OMP (the paper's method)
     llmprune prune ./my-model --sparsity 0.5 --scope layer -o out  # same fraction in every matrix
     llmprune prune smollm2-135m --pattern 2:4 -o out24             # N:M
+    llmprune prune smollm2-135m --method wanda --sparsity 0.7 --allocation owl -o owl70   # OWL layer sparsities
     """
     cfg = make_config(method, sparsity, pattern, scope, include, exclude, calib=calib, calib_samples=calib_samples,
                       seqlen=seqlen, seed=seed,
                       extra={**({"device": device} if device else {}), **({"activations": activations}
-                                                                          if activations != "auto" else {})})
+                                                                          if activations != "auto" else {})},
+                      allocation=allocation.lower(), owl_m=owl_m, owl_lambda=owl_lambda)
     unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples), ("--seqlen", seqlen),
                              ("--seed", seed), ("--device", device)) if v is not None]
     unused += ["--activations"] if activations != "auto" else []
-    if cfg.method == "magnitude" and unused:
+    if not get_method(cfg.method).calibrated and unused:
         raise LlmpruneError(f"{', '.join(unused)}: only for --method wanda or sparsegpt (magnitude pruning uses no data).")
     if threads < 0:
         raise LlmpruneError(f"Invalid --threads {threads}: use a positive count, or 0 for torch's default.")
@@ -73,5 +76,10 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, output,
     g = s["global"]
     table.add_row("[bold]all prunable", f"{g['params']:,}", f"{g['zeros']:,}", f"[bold]{fmt_pct(g['sparsity'])}")
     emit(record, False, table)
+    layers = record["allocation"].get("layers")
+    if layers:
+        s_of = [row["sparsity"] for row in layers.values()]
+        click.echo(f"OWL layer sparsities {fmt_pct(min(s_of))} .. {fmt_pct(max(s_of))} over {len(s_of)} layers "
+                   f"(see run.json, or inspect --by layer).", err=True)
     if g.get("zeros_before"):
         click.echo(f"{g['zeros_before']:,} weights were already zero and count as pruned.", err=True)

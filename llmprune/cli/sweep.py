@@ -9,7 +9,8 @@ from rich.table import Table
 
 from ..config import check_device
 from ..errors import LlmpruneError
-from .common import emit, json_option, split_list, stderr
+from ..methods import method_names
+from .common import allocation_options, emit, json_option, split_list, stderr
 
 
 @click.command("sweep")
@@ -17,12 +18,13 @@ from .common import emit, json_option, split_list, stderr
 @click.option("--task", "tasks", multiple=True, default=("ppl",), show_default=True,
               help="What to score at every level: ppl or mmlu (repeatable or comma-separated).")
 @click.option("--method", "methods", multiple=True, default=("magnitude",), show_default=True,
-              help="Pruning method(s): magnitude, wanda, sparsegpt (repeatable or comma-separated).")
+              help=f"Pruning method(s): {', '.join(method_names())} (repeatable or comma-separated).")
 @click.option("--sparsities", default=None,
               help="Levels: start:stop:step (stop included) or a comma list, each in [0, 1)  [default: 0:0.9:0.1].")
 @click.option("--pattern", "patterns", multiple=True, help="N:M levels instead of --sparsities, e.g. 2:4 (repeatable) [default: none].")
 @click.option("--scope", default="global", show_default=True,
               help="Magnitude: global (the paper's OMP: one threshold), layer or row.")
+@allocation_options(multiple=True)
 @click.option("--include", multiple=True, help="Regex on tensor names: prune only these (repeatable) [default: every block linear].")
 @click.option("--exclude", multiple=True, help="Regex on tensor names: never prune these (repeatable) [default: none].")
 @click.option("--epsilon", type=float, default=1.0, show_default=True,
@@ -47,7 +49,7 @@ from .common import emit, json_option, split_list, stderr
 @click.option("--overwrite", is_flag=True, help="Discard results.jsonl from an earlier sweep in OUTPUT and start over.")
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
 @json_option
-def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclude, epsilon, limit, subjects, ppl_windows,
+def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, allocations, owl_m, owl_lambda, include, exclude, epsilon, limit, subjects, ppl_windows,
               ppl_data, mmlu_data, seqlen, batch_size, dtype, device, calib, calib_samples, seed, output, overwrite,
               no_plot, as_json):
     """Score MODEL dense and pruned at every level, and find its essential sparsity (the knee).
@@ -61,8 +63,9 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     llmprune sweep smollm2-135m --task ppl --seqlen 512 --ppl-windows 8 -o sweep
     llmprune sweep smollm2-135m --task ppl --task mmlu --limit 5 --method magnitude --method wanda -o sweep
     llmprune sweep bert-base-uncased --pattern 1:4 --pattern 2:4 --pattern 4:8 --task ppl -o nm
+    llmprune sweep smollm2-135m --method wanda --allocation uniform --allocation owl --sparsities 0.5:0.8:0.1 -o owl
     """
-    from ..sweep.knee import parse_sparsities
+    from ..config import parse_sparsities
     from ..sweep.results import ResultsLog
     from ..calib import context_length
     from ..sweep.run import SweepConfig, calibration_for, default_evaluators, prepare_mmlu, run_sweep
@@ -76,7 +79,8 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
                       epsilon=epsilon, dtype=dtype, seqlen=seqlen, limit=limit, ppl_windows=ppl_windows,
                       ppl_data=ppl_data, mmlu_data=mmlu_data,
                       subjects=tuple(s.strip() for s in subjects.split(",")) if subjects else (),
-                      batch_size=batch_size, calib=calib, calib_samples=calib_samples, seed=seed)
+                      batch_size=batch_size, calib=calib, calib_samples=calib_samples, seed=seed,
+                      allocations=tuple(dict.fromkeys(a.lower() for a in allocations)), owl_m=owl_m, owl_lambda=owl_lambda)
     for name, value in (("--limit", limit), ("--ppl-windows", ppl_windows), ("--seqlen", seqlen), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise LlmpruneError(f"Invalid {name} {value}: use a positive integer.")
@@ -93,7 +97,7 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
         raise LlmpruneError(f"{model} has no tokenizer: a sweep scores a language model with one.")
     load_s = time.perf_counter() - t0
     before = len(log.records)
-    total = (1 + len(cfg.methods) * len(cfg.levels)) * len(cfg.tasks)
+    total = (1 + len(cfg.variants) * len(cfg.levels)) * len(cfg.tasks)
     if before:
         stderr.print(f"Resuming: {before} of {total} points already in {log.path}.")
 
@@ -131,7 +135,7 @@ def plot_cmd(directory, epsilon, as_json):
 
 
 def _finish(out, epsilon: float, log, timings: dict | None, plot: bool) -> dict:
-    from ..prune import versions
+    from ..record import versions
     from ..sweep.results import RESULTS, read_results, summarize, write_outputs
 
     header, records = read_results(Path(out) / RESULTS)

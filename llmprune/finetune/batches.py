@@ -1,31 +1,13 @@
 """Turning task examples into model batches: tokenised text pairs, or resized and normalised images."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..images import pixel_values
 from .tasks import TaskData
-
-
-def image_norm(model_dir: Path | None) -> tuple[list[float], list[float]]:
-    """(mean, std) from the checkpoint's preprocessor_config.json, else ViT's usual 0.5 / 0.5."""
-    cfg = Path(model_dir) / "preprocessor_config.json" if model_dir else None
-    if cfg and cfg.exists():
-        d = json.loads(cfg.read_text())
-        if "image_mean" in d and "image_std" in d:
-            return list(d["image_mean"]), list(d["image_std"])
-    return [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-
-
-def pixel_values(x: torch.Tensor, size: int, model_dir: Path | None) -> torch.Tensor:
-    """Images (B, 3, h, w) in [0, 1] resized to (size, size) and normalised as the checkpoint expects."""
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in image_norm(model_dir))
-    return (x - mean) / std
 
 
 def make_loaders(data: TaskData, model, tokenizer, batch_size: int, eval_batch_size: int, max_length: int,

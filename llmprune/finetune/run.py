@@ -106,8 +106,8 @@ def save_run(model, tokenizer, src: Path, out: Path, record: dict) -> None:
 
 def finetune(model: str, out: str | Path, cfg: FinetuneConfig, *, overwrite: bool = False, log: Log | None = None) -> dict:
     """Fine-tune MODEL on `cfg.task` with a fixed keep-mask and save it to `out`; returns the run record."""
-    from ..prune import versions
     from ..provenance import provenance
+    from ..record import versions
 
     out = check_output(out, overwrite)
     t0 = time.perf_counter()

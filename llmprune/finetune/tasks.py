@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import LlmpruneError, unknown
+from ..images import digits_split, pil_to_tensor
 
 
 @dataclass(frozen=True)
@@ -195,15 +196,6 @@ def _local_images(train_dir: str, eval_dir: str) -> TaskData:
     return TaskData("image", names, train, evals, {"source": [str(train_dir), str(eval_dir)]})
 
 
-def pil_to_tensor(imgs, size: int | None = None) -> torch.Tensor:
-    """(N, 3, H, W) floats in [0, 1] from PIL images (resized to the first image's size or `size`)."""
-    import numpy as np
-
-    size = size or imgs[0].size[0]
-    arrays = [np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float32) for im in imgs]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-
-
 def _from_hub(spec: TaskSpec) -> TaskData:
     try:
         from datasets import load_dataset
@@ -242,15 +234,5 @@ def mmlu_category(seed: int = 0, eval_fraction: float = 0.2) -> TaskData:
 
 def digits(seed: int = 0, eval_fraction: float = 0.2) -> TaskData:
     """Real offline images: scikit-learn's 1,797 8x8 handwritten digits, grey levels 0-16 as RGB in [0, 1]."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise LlmpruneError("Task 'digits' needs scikit-learn: pip install scikit-learn") from None
-    d = load_digits()
-    images = torch.tensor(d.images, dtype=torch.float32).div_(16.0).unsqueeze(1).expand(-1, 3, -1, -1)  # (N, 3, 8, 8)
-    labels = torch.tensor(d.target)
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    cut = int(len(labels) * (1 - eval_fraction))
-    tr, ev = perm[:cut], perm[cut:]
-    return TaskData("image", [str(i) for i in range(10)], (images[tr].contiguous(), labels[tr]),
-                    (images[ev].contiguous(), labels[ev]), {"source": "sklearn.datasets.load_digits"})
+    train, evals = digits_split(seed, eval_fraction)
+    return TaskData("image", [str(i) for i in range(10)], train, evals, {"source": "sklearn.datasets.load_digits"})

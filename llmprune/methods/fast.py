@@ -1,7 +1,7 @@
 """Fused C passes for exact magnitude pruning (kernels/cpu/magnitude.c), loaded on first use.
 
-The library is built like the sparse matmul kernel (`llmprune.sparse.kernel.build`: gcc, cached by source
-hash) and called through ctypes. Each function here takes contiguous CPU tensors of the dtype whose keys
+The library is built and opened by `llmprune.ckernel` (gcc, cached by source hash) and called through
+ctypes. Each function here takes contiguous CPU tensors of the dtype whose keys
 it reads (fp16/bf16: 15-bit keys, fp32: 31-bit keys) and returns None when it cannot run them, so
 `masks.py` falls back to its plain-torch reference; `load()` is None when the library cannot be built.
 """
@@ -29,25 +29,24 @@ def load() -> ctypes.CDLL | None:
     with _lock:
         if _lib is not None or _error is not None:
             return _lib
-        from ..sparse.kernel import build
+        from .. import ckernel
 
-        try:
-            lib = ctypes.CDLL(str(build(name="magnitude.c")))
-        except (OSError, RuntimeError, FileNotFoundError) as err:
-            _error = str(err).splitlines()[0]
+        _lib, _error = ckernel.load("magnitude.c", _declare)
+        if _lib is None:
             log.warning("llmprune magnitude kernel unavailable, using the torch reference: %s", _error)
-            return None
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.llmprune_hist_high15.argtypes = [p, i64, i32, p, i32]
-        lib.llmprune_hist_high15.restype = i32
-        lib.llmprune_hist_low16.argtypes = [p, i64, p, i32, p, p]
-        lib.llmprune_hist_low16.restype = i64
-        lib.llmprune_apply.argtypes = [p, i64, i32, i64, i64, p, i32]
-        lib.llmprune_apply.restype = i32
-        lib.llmprune_keep_mask.argtypes = [p, i64, i32, i64, i64, p, i32]
-        lib.llmprune_keep_mask.restype = i32
-        _lib = lib
-        return lib
+        return _lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.llmprune_hist_high15.argtypes = [p, i64, i32, p, i32]
+    lib.llmprune_hist_high15.restype = i32
+    lib.llmprune_hist_low16.argtypes = [p, i64, p, i32, p, p]
+    lib.llmprune_hist_low16.restype = i64
+    lib.llmprune_apply.argtypes = [p, i64, i32, i64, i64, p, i32]
+    lib.llmprune_apply.restype = i32
+    lib.llmprune_keep_mask.argtypes = [p, i64, i32, i64, i64, p, i32]
+    lib.llmprune_keep_mask.restype = i32
 
 
 def _usable(x: torch.Tensor, bits: int) -> ctypes.CDLL | None:

@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..config import PruneConfig
+from .base import LayerSpec, Method
 from .masks import Threshold, iter_chunks, key_bits, kth_threshold, mask_for, threshold_mask
 
 
@@ -43,6 +43,15 @@ class GlobalMagnitude:
         return threshold_mask(w, self.threshold.key, self._ties[name], self.bits)
 
 
-def magnitude_mask(w: torch.Tensor, cfg: PruneConfig) -> torch.Tensor:
+def magnitude_mask(w: torch.Tensor, spec: LayerSpec) -> torch.Tensor:
     """Keep-mask of one (out, in) weight for the per-matrix scopes and N:M patterns."""
-    return mask_for(w, cfg.sparsity, cfg.scope, cfg.pattern)
+    return mask_for(w, spec.sparsity, spec.scope, spec.pattern)
+
+
+def prune(weight: torch.Tensor, stats: None, spec: LayerSpec) -> torch.Tensor:
+    """The weight with its smallest |w| (per matrix, row or N:M group) set to zero; no statistics needed."""
+    return weight.masked_fill(~magnitude_mask(weight, spec), 0)
+
+
+METHOD = Method("magnitude", "data-free |W| (the paper's OMP with --scope global)", "none", prune,
+                scopes=("global", "layer", "row"))

@@ -17,6 +17,7 @@ import logging
 import torch
 
 from ..errors import LlmpruneError
+from .base import LayerSpec, Method
 from .masks import check_finite, nm_mask, row_mask, smallest_k_mask
 
 log = logging.getLogger(__name__)
@@ -135,3 +136,12 @@ def sparsegpt_prune(
         W[:, i1:i2] = Qt.T
         W[:, i2:].addmm_(Errt.T, U[i1:i2, i2:], alpha=-1.0)
     return W.to(weight.dtype)
+
+
+def prune(weight: torch.Tensor, stats: HessianStats, spec: LayerSpec) -> torch.Tensor:
+    """The registry's entry point: `sparsegpt_prune` with the layer's Hessian and spec."""
+    return sparsegpt_prune(weight, stats.H, spec.sparsity, pattern=spec.pattern, name=spec.name, scope=spec.scope)
+
+
+METHOD = Method("sparsegpt", "OBS weight updates from the inputs' Hessian (Frantar & Alistarh 2023)", "hessian", prune,
+                scopes=("layer", "row"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import LlmpruneError
+from .base import LayerSpec, Method
 from .masks import check_finite, mask_for
 
 
@@ -55,3 +56,11 @@ def wanda_prune(
                             "run in float32 or check the weights before this layer.")
     keep = wanda_mask(weight, act_norm_sq, sparsity, scope=scope, pattern=pattern)
     return weight.masked_fill(~keep, 0)
+
+
+def prune(weight: torch.Tensor, stats: ActNormStats, spec: LayerSpec) -> torch.Tensor:
+    """The registry's entry point: `wanda_prune` with the layer's activation norms and spec."""
+    return wanda_prune(weight, stats.sum_sq, spec.sparsity, spec.scope, spec.pattern, name=spec.name)
+
+
+METHOD = Method("wanda", "|W| * ||X|| per output row (Sun et al. 2023)", "act_norms", prune, scopes=("row", "layer"))

@@ -4,7 +4,7 @@ Importing builds nothing; the C kernel is compiled on the first call that needs 
 """
 from .format import FORMAT_NAME, FORMAT_VERSION, pack, packed_names, sparsity_config, unpack
 from .linear import SparseLinear, swap_linears_
-from .writer import SparseEncoder, load_sparse_model
+from .writer import SparseEncoder
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SparseEncoder", "SparseLinear", "load_sparse_model", "pack",
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "SparseEncoder", "SparseLinear", "pack",
            "packed_names", "sparsity_config", "swap_linears_", "unpack"]

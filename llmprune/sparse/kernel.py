@@ -1,10 +1,8 @@
 """CPU kernels for y = x @ W^T with W in the packed bitmask format: build on first use, dispatch, reference.
 
-The C source (kernels/cpu/bitmask_spmm.c) is compiled once with the system C compiler into llmprune's
-cache (`cache_dir("kernels")`), named by a hash of the source, the flags and the compiler version, and
-loaded with ctypes: about a second to build, no torch headers involved. ctypes drops the GIL for the call;
-OpenMP (the runtime torch itself loads, so one thread pool) splits output rows across
-`torch.get_num_threads()` threads in equal shares of weight bytes.
+The C source (kernels/cpu/bitmask_spmm.c) is built and opened by `llmprune.ckernel` on first use. ctypes
+drops the GIL for the call; OpenMP (the runtime torch itself loads, so one thread pool) splits output rows
+across `torch.get_num_threads()` threads in equal shares of weight bytes.
 
 A weight is described to the library once, by a `Plan` (pointers, sizes, an fp32 copy of the bias), and
 each call passes only x and y: `run(plan, x)` costs one output allocation and one foreign call. x may be
@@ -20,12 +18,7 @@ the fallback when no compiler or library is available.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .. import ckernel
 from .format import check_parts, unpack
 
 log = logging.getLogger(__name__)
@@ -42,7 +36,7 @@ PATHS = ("avx512bf16", "avx512", "avx2", "generic")  # compiled, fastest first; 
 _PATH_ID = {"generic": 0, "avx2": 1, "avx512": 2, "avx512bf16": 3}
 _DTYPE_ID = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 VALUE_DTYPES = (torch.bfloat16, torch.float16)
-CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-std=gnu11")
+CFLAGS = ckernel.CFLAGS
 _SOURCE_NAME = "bitmask_spmm.c"
 
 _lock = threading.Lock()
@@ -59,40 +53,9 @@ class _Weight(ctypes.Structure):
                 ("dense", ctypes.c_int32)]
 
 
-def source_path(name: str = _SOURCE_NAME) -> Path:
-    """A kernel's C source: kernels/cpu/ in a checkout, or llmprune/_kernels/cpu/ in an installed wheel."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "kernels" / "cpu" / name, here.parents[1] / "_kernels" / "cpu" / name):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{name} not found next to llmprune (looked in kernels/cpu and llmprune/_kernels/cpu)")
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
-
-
 def build(force: bool = False, name: str = _SOURCE_NAME) -> Path:
-    """Compile a kernel library (default: this module's) into the cache, once per source/flags/compiler;
-    return its path. Other modules build their own sources in kernels/cpu/ the same way."""
-    from ..assets import cache_dir
-
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC or install gcc)")
-    src = source_path(name)
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256(src.read_bytes() + repr((CFLAGS, version)).encode()).hexdigest()[:16]
-    target = cache_dir("kernels") / f"{Path(name).stem}-{key}.so"
-    if target.exists() and not force:
-        return target
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        partial = Path(tmp) / target.name
-        done = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(src)], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{cc} failed to build {src.name}: {done.stderr.strip()[-2000:]}")
-        os.replace(partial, target)  # atomic: concurrent builders both write a complete library
-    return target
+    """Compile this module's kernel library into the cache (see `llmprune.ckernel.build`); return its path."""
+    return ckernel.build(name, force, CFLAGS)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -103,27 +66,28 @@ def _load() -> ctypes.CDLL | None:
     with _lock:
         if _lib is not None or _lib_error is not None:
             return _lib
-        try:
-            lib = ctypes.CDLL(str(build()))
-        except (OSError, RuntimeError, FileNotFoundError) as err:
-            _lib_error = str(err).splitlines()[0]
+        lib, _lib_error = ckernel.load(_SOURCE_NAME, _declare, CFLAGS)
+        if lib is None:
             log.warning("llmprune sparse CPU kernel unavailable, using the dense torch path: %s", _lib_error)
             return None
-        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        lib.llmprune_linear.argtypes = [i32, p, p, i32, i64, p, i32, i32]
-        lib.llmprune_linear.restype = i32
-        lib.llmprune_unpack.argtypes = [p, p, p, i64, i64, i64, p, i32, i32]
-        lib.llmprune_unpack.restype = i32
-        lib.llmprune_stream_read.argtypes = [p, i64, i32]
-        lib.llmprune_stream_read.restype = ctypes.c_uint64
-        lib.llmprune_stream_copy.argtypes = [p, p, i64, i32]
-        lib.llmprune_stream_copy.restype = None
-        lib.llmprune_cpu_has_avx512.restype = i32
-        lib.llmprune_cpu_has_avx2.restype = i32
-        lib.llmprune_cpu_has_avx512bf16.restype = i32
         _detect_paths(lib)
         _lib = lib
         return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.llmprune_linear.argtypes = [i32, p, p, i32, i64, p, i32, i32]
+    lib.llmprune_linear.restype = i32
+    lib.llmprune_unpack.argtypes = [p, p, p, i64, i64, i64, p, i32, i32]
+    lib.llmprune_unpack.restype = i32
+    lib.llmprune_stream_read.argtypes = [p, i64, i32]
+    lib.llmprune_stream_read.restype = ctypes.c_uint64
+    lib.llmprune_stream_copy.argtypes = [p, p, i64, i32]
+    lib.llmprune_stream_copy.restype = None
+    lib.llmprune_cpu_has_avx512.restype = i32
+    lib.llmprune_cpu_has_avx2.restype = i32
+    lib.llmprune_cpu_has_avx512bf16.restype = i32
 
 
 def _detect_paths(lib: ctypes.CDLL) -> None:

@@ -1,10 +1,9 @@
-"""Writing and reading checkpoints in the compact sparse format (`prune --format sparse`).
+"""Writing checkpoints in the compact sparse format (`prune --format sparse`).
 
 `SparseEncoder` plugs into the prune writers (llmprune.prune, llmprune.engine): pruned target weights
 become `<name>.values/.bitmask/.row_offsets/.shape` (see format.py), every other tensor is written as is,
-and config.json gets a `sparsity_config` entry saying so. `load_sparse_model` reads such a directory back
-into a transformers model: dense weights (bit-exact, -0.0 as +0.0) or, with sparse_kernels=True, the
-packed weights kept packed in SparseLinear modules.
+and config.json gets a `sparsity_config` entry saying so. `llmprune.models.load_sparse_model`, beside the
+other loaders, reads such a directory back.
 """
 from __future__ import annotations
 
@@ -49,36 +48,3 @@ class SparseEncoder:
             pattern, sparsity, method = cfg.pattern, cfg.target_sparsity, cfg.method
         config["sparsity_config"] = sparsity_config(pattern, sparsity, modules=self.targets, method=method)
         path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint directory, packed weights unpacked to dense (validated first)."""
-    from ..io import Checkpoint
-
-    ckpt = Checkpoint(Path(path))
-    return {name: ckpt.read(name) for name in ckpt.names}
-
-
-def load_sparse_model(path: str | Path, cls, dtype=None, sparse_kernels: bool = False, **kwargs):
-    """A transformers model (class `cls`, e.g. AutoModelForCausalLM) from a compact sparse checkpoint.
-
-    dtype: None/"auto" keeps the checkpoint's dtype. sparse_kernels=True keeps packed bf16/fp16 linear
-    weights packed in SparseLinear modules (CPU kernel for decoding, ~0.56x the memory at 50%); with it
-    the weights are unpacked once while the model is built, then repacked.
-    """
-    from transformers import AutoConfig
-
-    from .linear import swap_linears_
-
-    dense = read_state_dict(path)
-    config = AutoConfig.from_pretrained(path)
-    if hasattr(cls, "_model_mapping"):  # an Auto class: from_pretrained(None, ...) needs the concrete one
-        cls = cls._model_mapping[type(config)]
-    model = cls.from_pretrained(None, config=config, state_dict=dense, dtype=dtype or "auto", **kwargs)
-    if sparse_kernels:
-        with open(Path(path) / "config.json") as f:
-            modules = json.load(f).get("sparsity_config", {}).get("modules", [])
-        linears = [m.rsplit(".", 1)[0] for m in modules if m.endswith(".weight")]
-        present = {n for n, _ in model.named_modules()}
-        swap_linears_(model, names=[n for n in linears if n in present], min_sparsity=0.0)
-    return model

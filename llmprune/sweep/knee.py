@@ -1,4 +1,4 @@
-"""The essential-sparsity knee and the sweep's grid values: pure functions, no torch, no files.
+"""The essential-sparsity knee: pure functions, no torch, no files (grid values: `config.parse_sparsities`).
 
 Jaiswal et al. 2023 ("The Emergence of Essential Sparsity in Large Pre-trained Models", Sec. 3) define the
 essential sparsity as the sparsity up to which one-shot magnitude pruning costs "almost nothing": the
@@ -22,8 +22,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
-
-from ..errors import LlmpruneError
 
 
 def performance_drop(score: float, dense: float, higher_is_better: bool) -> float:
@@ -84,33 +82,3 @@ def find_knee(sparsities: Sequence[float], scores: Sequence[float], dense: float
 def within_epsilon(drop: float, epsilon: float) -> bool:
     """drop <= epsilon, a drop equal to epsilon up to float rounding counting as inside (10.1/10 - 1 > 0.01)."""
     return drop <= epsilon + 1e-9 * max(1.0, abs(epsilon))
-
-
-def parse_sparsities(text: str) -> tuple[float, ...]:
-    """"0:0.9:0.1" (start:stop:step, stop included) or "0.5,0.6,0.7" -> sorted unique levels, each in [0, 1).
-
-    Values are rounded to 6 decimals so a range gives 0.3, not 0.30000000000000004.
-    """
-    text = text.strip()
-    allowed = "use start:stop:step (stop included) like 0:0.9:0.1, or a comma list like 0.5,0.6,0.7; each in [0, 1)."
-    try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3:
-                raise ValueError
-            start, stop, step = parts
-            if step <= 0 or stop < start:
-                raise LlmpruneError(f"Invalid --sparsities '{text}': need step > 0 and start <= stop; {allowed}")
-            n = math.floor((stop - start) / step + 1e-9)
-            values = [start + i * step for i in range(n + 1)]
-        else:
-            values = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise LlmpruneError(f"Invalid --sparsities '{text}': {allowed}") from None
-    if not values:
-        raise LlmpruneError(f"Invalid --sparsities '{text}': no values; {allowed}")
-    values = sorted({round(v, 6) for v in values})
-    bad = [v for v in values if not 0.0 <= v < 1.0]
-    if bad:
-        raise LlmpruneError(f"Invalid --sparsities '{text}': {bad[0]:g} is out of range; {allowed}")
-    return tuple(values)

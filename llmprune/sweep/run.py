@@ -2,8 +2,9 @@
 
 The model is loaded once. A CPU copy of the prunable weights is kept, and each level starts by restoring it:
 magnitude with a global threshold (the paper's OMP) applies nested masks whose thresholds all come from one
-histogram pass (`levels.NestedMagnitude`); per-matrix magnitude scopes, N:M patterns and the calibration
-methods (Wanda, SparseGPT) rerun `prune_model_` per level on the same calibration batch. Each finished
+histogram pass (`levels.NestedMagnitude`); per-matrix magnitude scopes, N:M patterns, OWL allocations and
+the calibration methods (Wanda, SparseGPT) rerun `prune_model_` per level on the same calibration batch.
+Each allocation other than uniform is its own curve, labelled `<method>+<allocation>` (e.g. `wanda+owl`). Each finished
 point is appended to `results.jsonl` at once; points already there are skipped, so a killed sweep resumes.
 """
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Callable
 
 import torch
 
-from ..config import METHODS, PruneConfig, check_choice, check_sparsity, parse_pattern
+from ..config import ALLOCATIONS, PruneConfig, check_choice, check_sparsity, parse_pattern
+from ..allocation import Allocation
+from ..methods import get_method
 from ..errors import LlmpruneError
 from .levels import NestedMagnitude
 from .results import DENSE, ResultsLog
@@ -56,6 +59,9 @@ class SweepConfig:
     calib: str | None = None
     calib_samples: int = 128
     seed: int = 0
+    allocations: tuple[str, ...] = ("uniform",)  # one curve per (method, allocation)
+    owl_m: float = 5.0
+    owl_lambda: float = 0.08
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -64,16 +70,18 @@ class SweepConfig:
         if not self.tasks:
             raise LlmpruneError(f"No task given: use --task with one of {', '.join(TASKS)}.")
         for m in self.methods:
-            check_choice("method", m, METHODS)
+            get_method(m)
+        for a in self.allocations:
+            check_choice("allocation", a, ALLOCATIONS)
         if self.patterns and set(self.sparsities) - {0.0}:
             raise LlmpruneError("Give either --sparsities or --pattern levels, not both (they are different curves).")
         for s in self.sparsities:
             check_sparsity(s)
         if not self.levels:
             raise LlmpruneError("No levels to prune to: give --sparsities (e.g. 0:0.9:0.1) or --pattern (e.g. 2:4).")
-        for level in self.levels:  # validates every (method, level) before any weights are loaded
-            for m in self.methods:
-                self.prune_config(m, level)
+        for level in self.levels:  # validates every (method, allocation, level) before any weights are loaded
+            for _, m, a in self.variants:
+                self.prune_config(m, level, a)
         if self.epsilon < 0:
             raise LlmpruneError(f"--epsilon {self.epsilon:g} is negative: use a tolerance >= 0 (default 1).")
 
@@ -85,16 +93,22 @@ class SweepConfig:
             return sorted((Level(str(p), p.sparsity, str(p)) for p in pats), key=lambda lv: lv.sparsity)
         return [Level(f"{s:g}", s) for s in self.sparsities if s > 0]
 
-    def prune_config(self, method: str, level: Level) -> PruneConfig:
+    @property
+    def variants(self) -> list[tuple[str, str, str]]:
+        """(curve label, method, allocation) of every curve: `wanda` for uniform, `wanda+owl` for OWL."""
+        return [(m if a == "uniform" else f"{m}+{a}", m, a) for m in self.methods for a in self.allocations]
+
+    def prune_config(self, method: str, level: Level, allocation: str = "uniform") -> PruneConfig:
         return PruneConfig(method=method, sparsity=level.sparsity if level.pattern is None else 0.5,
                            pattern=parse_pattern(level.pattern), scope=self.scope, include=self.include,
                            exclude=self.exclude, calib=self.calib, calib_samples=self.calib_samples,
-                           seqlen=self.seqlen, seed=self.seed)
+                           seqlen=self.seqlen, seed=self.seed, allocation=allocation, owl_m=self.owl_m,
+                           owl_lambda=self.owl_lambda)
 
     def identity(self) -> dict:
         """Settings that change a point's score; methods, levels and tasks may grow between runs."""
         d = asdict(self)
-        for key in ("tasks", "methods", "sparsities", "patterns", "epsilon", "batch_size", "extra"):
+        for key in ("tasks", "methods", "sparsities", "patterns", "allocations", "epsilon", "batch_size", "extra"):
             d.pop(key)
         d["include"], d["exclude"], d["subjects"] = list(self.include), list(self.exclude), list(self.subjects)
         return d
@@ -143,7 +157,7 @@ def _without_subjects(summary: dict) -> dict:
 
 def calibration_for(cfg: SweepConfig, tokenizer, context: int | None = None) -> torch.Tensor | None:
     """The one calibration batch every calibrated level reuses (None when only magnitude runs)."""
-    if all(m == "magnitude" for m in cfg.methods):
+    if not any(get_method(m).calibrated for m in cfg.methods):
         return None
     from .. import calib
 
@@ -174,7 +188,8 @@ def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluat
                 on_point(record)
 
     score(DENSE, None, 0.0, 0.0, [t for t in cfg.tasks if (DENSE, DENSE, t) not in done])
-    todo = {(m, lv): [t for t in cfg.tasks if (m, lv.label, t) not in done] for m in cfg.methods for lv in cfg.levels}
+    todo = {(label, m, a, lv): [t for t in cfg.tasks if (label, lv.label, t) not in done]
+            for label, m, a in cfg.variants for lv in cfg.levels}
     todo = {k: v for k, v in todo.items() if v}
     if not todo:
         return log.records
@@ -182,22 +197,26 @@ def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluat
     params = {n: p.data for n, p in model.named_parameters() if select(n, tuple(p.shape))}
     if not params:
         raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
-    nested_levels = [lv.sparsity for (m, lv) in todo if m == "magnitude" and lv.pattern is None and cfg.scope == "global"]
+    # a global scope is one exact |W| threshold over the model (magnitude's OMP): nested masks, one histogram
+    nested = {k: cfg.prune_config(k[1], k[3], k[2]).scope == "global" and k[3].pattern is None for k in todo}
     t0 = time.perf_counter()
-    weights = NestedMagnitude(params, nested_levels)  # the CPU copy; thresholds for the nested levels
+    weights = NestedMagnitude(params, [k[3].sparsity for k in todo if nested[k]])  # the CPU copy; nested thresholds
     setup_s = time.perf_counter() - t0
+    outliers = {}  # method -> its OWL allocation at an earlier level: the dense model's outlier ratios, reused
     try:
-        for (method, level), tasks in todo.items():
+        for (label, method, allocation, level), tasks in todo.items():
             t0 = time.perf_counter()
-            if method == "magnitude" and level.sparsity in weights.thresholds and level.pattern is None:
+            if nested[(label, method, allocation, level)]:
                 actual = weights.apply_(level.sparsity)
             else:
                 from ..prune import prune_model_
 
                 weights.restore_()
-                pcfg = cfg.prune_config(method, level)
-                actual = prune_model_(model, pcfg, calib if method != "magnitude" else None)["global"]["sparsity"]
-            score(method, level, actual, time.perf_counter() - t0 + setup_s, tasks)
+                summary = prune_model_(model, cfg.prune_config(method, level, allocation), calib, outliers=outliers.get(method))
+                if "allocation" in summary:
+                    outliers[method] = Allocation.from_json(summary["allocation"])
+                actual = summary["global"]["sparsity"]
+            score(label, level, actual, time.perf_counter() - t0 + setup_s, tasks)
             setup_s = 0.0
     finally:
         weights.restore_()

@@ -38,6 +38,7 @@ class TicketConfig:
     eb_eps: float = 0.1           # earlybird: stop when the mask distance drops below this
     eb_max: float = 0.5           # earlybird: give up searching after this fraction of the budget
     val_fraction: float = 0.1     # training examples held out for validation (lottery-pool's choice)
+    keep_rounds: bool = False     # lth, lth-rewind: keep every round's masks (saved as roundK/, `finetune --imp`)
 
     def __post_init__(self):
         from ..errors import unknown
@@ -66,6 +67,7 @@ class Ticket:
     train_steps: int = 0
     score_batches: int = 0
     info: dict = field(default_factory=dict)
+    round_masks: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # IMP round -> masks, if kept
 
 
 class Trainer:

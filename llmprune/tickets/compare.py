@@ -55,7 +55,7 @@ def compare_methods(model: str, out: str | Path, cfg: FinetuneConfig, methods: l
 
 def _compare(model, out, cfg, methods, sparsities, seeds, opts, overwrite, log) -> dict:
     from ..io import atomic_dir, check_output
-    from ..prune import versions
+    from ..record import versions
     from . import get_method
 
     for m in methods:

@@ -51,12 +51,13 @@ def save_masks(masks: dict[str, torch.Tensor], config, out: Path, record: dict |
 
 def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: str, opts: TicketConfig | None = None,
                     *, overwrite: bool = False, log: Log | None = None) -> dict:
-    """`finetune --method METHOD`: find the mask with METHOD while fine-tuning, save the model to `out`."""
+    """`finetune --method METHOD`: find the mask with METHOD while fine-tuning, save the model to `out`
+    (and, with `opts.keep_rounds`, every IMP round's masks as `out/roundK/`)."""
     from ..errors import LlmpruneError
     from ..finetune.run import _n, save_run
     from ..io import atomic_dir, check_output
-    from ..prune import versions
     from ..provenance import provenance
+    from ..record import versions
 
     get_method(method)
     if cfg.mask_from:
@@ -74,5 +75,7 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
               "config": cfg.to_json(), "ticket": opts.to_json(), **rec, "versions": versions(), "provenance": provenance(model, tr.src)}
     with atomic_dir(out, overwrite) as work:
         save_run(tr.net, tr.tok, tr.src, work, record)
+        for k, masks in ticket.round_masks.items():  # IMP's rounds, for `masks compare` (e.g. against OMP)
+            save_masks(masks, tr.net.config, work / f"round{k}")
     return record
 

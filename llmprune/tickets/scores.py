@@ -46,6 +46,11 @@ def progressive_schedule(target: float, stages: int, power: float = 3.0) -> list
     return [target * (1.0 - (1.0 - i / stages) ** power) for i in range(1, stages + 1)]
 
 
+def imp_sparsity(rate: float, round_: int) -> float:
+    """Total sparsity after `round_` IMP prunings that each remove `rate` of the remaining weights."""
+    return 1.0 - (1.0 - rate) ** round_
+
+
 def imp_rate(target: float, rounds: int) -> float:
     """Fraction of the remaining weights each of `rounds` IMP prunings removes to reach `target` overall."""
     return 1.0 - (1.0 - target) ** (1.0 / rounds)
