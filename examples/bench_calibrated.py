@@ -8,7 +8,9 @@ user and system CPU time, minor page faults, peak RSS of the process, and the pe
 (first 20 windows of 512 of the pydoc "test" split). A dense baseline measured in the same run (one forward
 of the 32 x 512 batch through the dense model, same thread count) shows machine drift against the
 reference figures below, which were measured on a quiet machine of this kind with the reference code
-(wanda / sparsegpt repositories, same recipe).
+(wanda / sparsegpt repositories, same recipe). The dense baseline's peak RSS (the fp32 model loaded whole
+and one forward) is a floor for the reference code, which holds the same model plus its activations and
+statistics: peak RSS is reported as a ratio to it.
 """
 from __future__ import annotations
 
@@ -71,7 +73,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-calibrated-"))
     try:
         for threads in args.threads:
-            out, _ = run_measured([sys.executable, "-c", DENSE, src], threads)
+            out, dense_usage = run_measured([sys.executable, "-c", DENSE, src], threads)
             dense = json.loads(out.strip().splitlines()[-1])["dense_forward_s"]
             for method in args.methods:
                 dst = work / f"{method}-{threads}"
@@ -87,11 +89,14 @@ def main() -> None:
                 row = {"method": method, "threads": threads, "prune_s": round(prune_s, 1),
                        "reference_s": ref, "ratio_to_reference": round(prune_s / ref, 3) if ref else None,
                        "dense_forward_s": round(dense, 2), "ppl": round(ppl, 3), **usage,
+                       "dense_peak_rss_mb": dense_usage["peak_rss_mb"],
+                       "rss_vs_dense_model": round(usage["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3),
                        "system_fraction": round(usage["system_s"] / max(usage["user_s"] + usage["system_s"], 1e-9), 3),
                        "profile": timings.get("profile")}
                 rows.append(row)
                 print(f"{method:9s} threads={threads}  prune {row['prune_s']:6.1f} s  (reference {ref} s, "
-                      f"x{row['ratio_to_reference']})  peak RSS {usage['peak_rss_mb']} MB  user {usage['user_s']} s  "
+                      f"x{row['ratio_to_reference']})  peak RSS {usage['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the "
+                      f"dense model's {dense_usage['peak_rss_mb']} MB)  user {usage['user_s']} s  "
                       f"sys {usage['system_s']} s  ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s",
                       flush=True)
                 print("   phases:", json.dumps((timings.get("profile") or {}).get("phases_s")), flush=True)

@@ -33,7 +33,7 @@ from .arch import arch_for
 from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
 from .errors import LlmpruneError
-from .memory import reuse_freed_memory
+from .memory import return_free_pages, reuse_freed_memory
 from .methods import STATISTICS, get_method
 from .methods.owl import outlier_ratio, outlier_score
 from .profile import Phases
@@ -43,6 +43,10 @@ from .skeleton import NameMap, build_skeleton, free_, materialise_
 log = logging.getLogger(__name__)
 
 TOKENS_PER_FORWARD = 4096  # calibration samples go through a layer in chunks of about this many tokens
+
+
+class _StatsDone(Exception):
+    """Raised by the statistics hook of a layer's last linear: the rest of that forward is not needed."""
 
 
 class _StopForward(Exception):
@@ -192,35 +196,46 @@ def collect_stats(layer: nn.Module, index: int, linears: dict[str, nn.Linear], i
     """Statistics (`stats_kind`: "act_norms", "hessian") of every linear's inputs over all calibration samples,
     from one pass of the layer.
 
-    Linears fed the very same input tensor (q/k/v, gate/up) share one statistics object.
+    Linears fed the very same input tensor (q/k/v, gate/up) share one statistics object. Each chunk's forward
+    stops as soon as every linear has seen its input: what follows the last one (down_proj's matmul, the
+    residual) feeds nothing the statistics need, and the rerun computes the layer's outputs anyway.
     """
     stat_cls = STATISTICS[stats_kind]
     stats: dict[str, object] = {}
     shared: dict[str, str] = {}
     this_chunk: list[tuple[torch.Tensor, str]] = []
+    seen: set[str] = set()
     first = [True]
 
     def hook_for(leaf):
         def hook(module, args):
+            seen.add(leaf)
             x = args[0]
-            if leaf in shared:
-                return
-            if first[0]:
-                for t, other in this_chunk:
-                    if t is x:
-                        shared[leaf] = other
-                        return
-                this_chunk.append((x, leaf))
-                stats[leaf] = stat_cls(x.shape[-1], device)
-            stats[leaf].add_(x)
+            if leaf not in shared:
+                if first[0]:
+                    for t, other in this_chunk:
+                        if t is x:
+                            shared[leaf] = other
+                            break
+                    else:
+                        this_chunk.append((x, leaf))
+                        stats[leaf] = stat_cls(x.shape[-1], device)
+                if leaf not in shared:
+                    stats[leaf].add_(x)
+            if len(seen) == len(linears):
+                raise _StatsDone
         return hook
 
     handles = [mod.register_forward_pre_hook(hook_for(leaf)) for leaf, mod in linears.items()]
     try:
         for _, x, args, kwargs in inputs.iter_chunks(device, index):
-            run_layer(layer, x, args, kwargs)
+            try:
+                run_layer(layer, x, args, kwargs)
+            except _StatsDone:
+                pass
             first[0] = False
             this_chunk.clear()
+            seen.clear()
     finally:
         for h in handles:
             h.remove()
@@ -505,6 +520,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
                     state.save_layer(i, tensors, zeros_before)
                     del tensors
                     free_(layer)
+                    return_free_pages()
                 per_layer.append(time.perf_counter() - t)
                 if on_layer:
                     on_layer(i)

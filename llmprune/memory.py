@@ -31,7 +31,8 @@ def reuse_freed_memory() -> None:
     A calibrated layer pass allocates and frees hundreds of MB of activations per chunk; with glibc's defaults
     each such tensor above 32 MiB is a fresh mmap and every page of it faults again (measured: 5.4 million
     minor faults, 15 s of system time, for 8 x 512 tokens through SmolLM2). Peak RSS stays the peak of live
-    tensors plus fragmentation. No-op off glibc.
+    tensors plus fragmentation; call `return_free_pages` between phases so that fragmentation cannot pile up.
+    No-op off glibc.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -39,5 +40,19 @@ def reuse_freed_memory() -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(_M_MMAP_MAX, 0)
         libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def return_free_pages() -> None:
+    """Give the pages of every free heap chunk back to the OS (glibc's malloc_trim, which also releases holes in
+    the middle of the heap). Under `reuse_freed_memory` the heap otherwise only grows: each streamed layer
+    leaves holes its successor cannot fit into (measured: peak RSS 1186 MB instead of ~600 MB over SmolLM2's
+    30 layers). Once per layer costs one fault per page of the next layer's working set. No-op off glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
