@@ -93,7 +93,7 @@ def model_inputs(batch: torch.Tensor) -> dict:
 class LayerInputs:
     """Every decoder layer's inputs for every calibration sample.
 
-    hidden: (n, seqlen, hidden) on the CPU: the current layer's input hidden states, overwritten in place by
+    hidden: (n, seqlen, hidden) on the CPU (or on the GPU where it fits): the current layer's input hidden states, overwritten in place by
     each layer's outputs. extra: {chunk batch size: [(positional args after the hidden states, keyword args)
     for each layer]} on the device. Layers differ (sliding-window vs full attention masks, local vs global
     rotary tables in Gemma2/3, Qwen's sliding layers), so each keeps the arguments the model itself gave it.
@@ -175,7 +175,7 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor,
     """Run `batch` (n, seqlen) token ids (or (n, 3, h, w) images) through the model with stand-ins for the
     decoder layers, and capture the first layer's hidden states and every layer's own other arguments.
 
-    `place(shape, dtype)` allocates the CPU buffer of the hidden states (default: in memory).
+    `place(shape, dtype)` allocates the buffer of the hidden states (default: in CPU memory).
     """
     place = place or (lambda shape, dtype: torch.empty(shape, dtype=dtype))
     hidden, extra = None, {}
@@ -185,7 +185,7 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor,
             x = calls[0][0]
             if hidden is None:
                 hidden = place((batch.shape[0], *x.shape[1:]), x.dtype)  # (n, seqlen, hidden)
-            hidden[sl] = x.cpu()
+            hidden[sl] = x.to(hidden.device)
             extra.setdefault(sl.stop - sl.start, [(args, kwargs) for _, args, kwargs in calls])
     return LayerInputs(hidden, extra, batch_size)
 
@@ -267,7 +267,7 @@ def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], na
 def forward_layer_(layer: nn.Module, index: int, inputs: LayerInputs, device: torch.device) -> None:
     """Replace `inputs.hidden` by resident layer `index`'s outputs: the next layer's inputs."""
     for sl, x, args, kwargs in inputs.iter_chunks(device, index):
-        inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to("cpu", inputs.hidden.dtype)
+        inputs.hidden[sl] = run_layer(layer, x, args, kwargs).to(inputs.hidden.device, inputs.hidden.dtype)
 
 
 def batch_size_for(seqlen: int, cfg: PruneConfig) -> int:
@@ -407,16 +407,16 @@ def replay_(inputs: LayerInputs, layers, layers_path: str, state: WorkState, sta
         prefix = f"{layers_path}.{i}"
         materialise_(layers[i], prefix, _SavedLayer(state.read_layer(i)), name_of, skeleton, device)
         for sl, x, args, kwargs in inputs.iter_chunks(device, i):
-            inputs.hidden[sl] = run_layer(layers[i], x, args, kwargs).to("cpu", inputs.hidden.dtype)
+            inputs.hidden[sl] = run_layer(layers[i], x, args, kwargs).to(inputs.hidden.device, inputs.hidden.dtype)
         free_(layers[i])
 
 
 ACTIVATIONS = ("auto", "memory", "disk")
 
 
-def activation_placement(cfg: PruneConfig, path: Path):
-    """`place(shape, dtype)` for the calibration activations: in memory, or in a file mapped into memory
-    (`disk`); `auto` keeps them in memory when they take under half of the memory available now."""
+def activation_placement(cfg: PruneConfig, path: Path, device: torch.device | None = None):
+    """`place(shape, dtype)` for the calibration activations: on the GPU the layers run on, in memory, or in a
+    file mapped into memory (`disk`). `auto` picks the first that leaves half of its free memory free."""
     import psutil
 
     choice = cfg.extra.get("activations") or "auto"
@@ -425,9 +425,13 @@ def activation_placement(cfg: PruneConfig, path: Path):
 
     def place(shape, dtype):
         n = math.prod(shape)
-        on_disk = choice == "disk" or (choice == "auto" and n * dtype.itemsize >= psutil.virtual_memory().available // 2)
-        log.info("calibration activations (%.0f MB) kept %s", n * dtype.itemsize / 1e6,
-                 f"in {path}" if on_disk else "in memory")
+        nbytes = n * dtype.itemsize
+        if choice == "auto" and device is not None and device.type == "cuda" and \
+                nbytes < torch.cuda.mem_get_info(device)[0] // 2:
+            log.info("calibration activations (%.0f MB) kept on %s", nbytes / 1e6, device)
+            return torch.empty(shape, dtype=dtype, device=device)
+        on_disk = choice == "disk" or (choice == "auto" and nbytes >= psutil.virtual_memory().available // 2)
+        log.info("calibration activations (%.0f MB) kept %s", nbytes / 1e6, f"in {path}" if on_disk else "in memory")
         if not on_disk:
             return torch.empty(shape, dtype=dtype)
         return torch.from_file(str(path), shared=True, size=n, dtype=dtype).view(shape)
@@ -486,11 +490,11 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
             start = state.done + 1
             with phases("allocation"):
                 alloc = streamed_allocation(state, skeleton, layers_path, layers, ckpt, name_of, ids, is_target,
-                                            cfg, device, activation_placement(cfg, work / "engine" / "owl-acts.bin"))
+                                            cfg, device, activation_placement(cfg, work / "engine" / "owl-acts.bin", device))
             t1 = time.perf_counter()
             if start < len(layers):  # (a run killed while assembling has every layer done already)
                 with phases("capture"):
-                    place = activation_placement(cfg, work / "engine" / "acts.bin")
+                    place = activation_placement(cfg, work / "engine" / "acts.bin", device)
                     inputs = capture_streamed(skeleton, layers_path, layers, ckpt, name_of, ids,
                                               batch_size_for(ids.shape[1], cfg), device, place)
                 if start:
