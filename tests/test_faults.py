@@ -215,6 +215,8 @@ CASES = [
     ("output-is-a-file", ["prune", "{src}", "-o", "{afile}", "--overwrite"], 1, ["is not a directory"]),
     ("output-is-the-input", ["prune", "{src}", "-o", "{src}", "--overwrite"], 1, ["is the input model",
                                                                                   "would delete the input"]),
+    ("finetune-output-is-the-input", ["finetune", "{src}", "--task", "text", "-o", "{src}", "--overwrite"], 1,
+     ["is the input model"]),
     ("output-holds-the-input", ["convert", "{src}", "--format", "sparse", "-o", "{root}", "--overwrite"], 1,
      ["a folder holding the input model"]),
     ("eval-4bit-and-sparsity", ["eval", "ppl", "{src}", "--load-in-4bit", "--sparsity", "0.5"], 1,

@@ -16,7 +16,7 @@ import torch
 
 from ..config import PruneConfig, check_sparsity
 from ..errors import LlmpruneError
-from ..io import atomic_dir, check_output
+from ..io import atomic_dir, check_not_input, check_output
 from .tasks import TaskData, TaskSpec, get_task, load_task
 from .train import TrainConfig, mask_sparsity, masks_from_checkpoint, masks_from_zeros, train_
 
@@ -110,6 +110,8 @@ def finetune(model: str, out: str | Path, cfg: FinetuneConfig, *, overwrite: boo
     from ..record import versions
 
     out = check_output(out, overwrite)
+    if Path(model).exists():  # (a Hub id or built-in name cannot be the output folder)
+        check_not_input(out, model)
     t0 = time.perf_counter()
     spec = get_task(cfg.task)
     data = load_task(spec, cfg.train_file, cfg.eval_file, cfg.max_train_samples, cfg.max_eval_samples, cfg.train.seed)

@@ -54,7 +54,7 @@ def compare_methods(model: str, out: str | Path, cfg: FinetuneConfig, methods: l
 
 
 def _compare(model, out, cfg, methods, sparsities, seeds, opts, overwrite, log) -> dict:
-    from ..io import atomic_dir, check_output
+    from ..io import atomic_dir, check_not_input, check_output
     from ..record import versions
     from . import get_method
 
@@ -62,6 +62,8 @@ def _compare(model, out, cfg, methods, sparsities, seeds, opts, overwrite, log) 
         get_method(m)
     opts = opts or TicketConfig()
     out = check_output(out, overwrite)
+    if Path(model).exists():  # (a Hub id or built-in name cannot be the output folder)
+        check_not_input(out, model)
     spec = get_task(cfg.task)
     data = load_task(spec, cfg.train_file, cfg.eval_file, cfg.max_train_samples, cfg.max_eval_samples, cfg.train.seed)
     t0 = time.perf_counter()

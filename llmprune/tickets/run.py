@@ -55,7 +55,7 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
     (and, with `opts.keep_rounds`, every IMP round's masks as `out/roundK/`)."""
     from ..errors import LlmpruneError
     from ..finetune.run import _n, save_run
-    from ..io import atomic_dir, check_output
+    from ..io import atomic_dir, check_not_input, check_output
     from ..provenance import provenance
     from ..record import versions
 
@@ -66,6 +66,8 @@ def finetune_ticket(model: str, out: str | Path, cfg: FinetuneConfig, method: st
         raise LlmpruneError(f"--method {method} needs a target --sparsity in (0, 1).")
     opts = opts or TicketConfig()
     out = check_output(out, overwrite)
+    if Path(model).exists():  # (a Hub id or built-in name cannot be the output folder)
+        check_not_input(out, model)
     spec = get_task(cfg.task)
     data = load_task(spec, cfg.train_file, cfg.eval_file, cfg.max_train_samples, cfg.max_eval_samples, cfg.train.seed)
     ticket, tr, rec = run_method(model, data, cfg, method, opts, log)
