@@ -1,6 +1,6 @@
 """Calibrated pruning speed and memory on SmolLM2-135M: the recipe of the reference-code comparison.
 
-    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--json out.json]
+    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--baseline OLD] [--json out.json]
 
 Recipe: fp32, 32 x 512 calibration tokens from the pydoc "train" split (seed 0), 50% unstructured, streamed
 by `llmprune prune`. Each run is a fresh process; reported: prune time (run.json), its per-phase profile,
@@ -27,9 +27,12 @@ REFERENCE_S = {("wanda", 1): 73.7, ("wanda", 2): 37.8, ("sparsegpt", 1): 121.8, 
 CLI = [sys.executable, "-c", "from llmprune.cli import main; main()"]
 
 
-def run_measured(cmd: list[str], threads: int) -> tuple[str, dict]:
-    """Run a command with `threads` intra-op threads; its stdout, and its peak RSS, CPU time and faults."""
+def run_measured(cmd: list[str], threads: int, tree: str | None = None) -> tuple[str, dict]:
+    """Run a command with `threads` intra-op threads (and llmprune imported from `tree` when given); its
+    stdout, and its peak RSS, CPU time and faults."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if tree:
+        env["PYTHONPATH"] = tree
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # (no pipe to fill up)
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
         _, status, ru = os.wait4(proc.pid, 0)
@@ -40,6 +43,18 @@ def run_measured(cmd: list[str], threads: int) -> tuple[str, dict]:
         raise SystemExit(f"{' '.join(cmd[3:])} failed ({code}):\n{stderr[-2000:]}")
     return stdout, {"peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 2),
                     "system_s": round(ru.ru_stime, 2), "minor_faults": ru.ru_minflt}
+
+
+def prune_and_score(src: str, dst: Path, method: str, threads: int, windows: int, tree: str | None = None) -> dict:
+    """Prune with the recipe (llmprune from `tree`, default this one), then score the output with this eval."""
+    _, usage = run_measured(CLI + ["prune", src, "--method", method, "--sparsity", "0.5", "--calib-samples", "32",
+                                   "--seqlen", "512", "-o", str(dst), "--overwrite"], threads, tree)
+    timings = json.loads((dst / "run.json").read_text())["timings"]
+    out, _ = run_measured(CLI + ["eval", "ppl", str(dst), "--seqlen", "512", "--limit", str(windows), "--json"], threads)
+    shutil.rmtree(dst)
+    return {"prune_s": round(timings["total"], 1), "ppl": round(json.loads(out)["tasks"]["ppl"]["ppl"], 3), **usage,
+            "system_fraction": round(usage["system_s"] / max(usage["user_s"] + usage["system_s"], 1e-9), 3),
+            "profile": timings.get("profile")}
 
 
 DENSE = """
@@ -64,6 +79,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
     ap.add_argument("--windows", type=int, default=20)
+    ap.add_argument("--baseline", help="a checkout of an earlier llmprune (e.g. `git worktree add /tmp/old REV`): "
+                                       "each point is also pruned with it, in the same session")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     from llmprune.models import resolve_model
@@ -76,31 +93,25 @@ def main() -> None:
             out, dense_usage = run_measured([sys.executable, "-c", DENSE, src], threads)
             dense = json.loads(out.strip().splitlines()[-1])["dense_forward_s"]
             for method in args.methods:
-                dst = work / f"{method}-{threads}"
-                _, usage = run_measured(CLI + ["prune", src, "--method", method, "--sparsity", "0.5",
-                                               "--calib-samples", "32", "--seqlen", "512", "-o", str(dst),
-                                               "--overwrite"], threads)
-                timings = json.loads((dst / "run.json").read_text())["timings"]
-                prune_s = timings["total"]
-                out, _ = run_measured(CLI + ["eval", "ppl", str(dst), "--seqlen", "512", "--limit",
-                                             str(args.windows), "--json"], threads)
-                ppl = json.loads(out)["tasks"]["ppl"]["ppl"]
-                ref = REFERENCE_S[(method, threads)] if (method, threads) in REFERENCE_S else None
-                row = {"method": method, "threads": threads, "prune_s": round(prune_s, 1),
-                       "reference_s": ref, "ratio_to_reference": round(prune_s / ref, 3) if ref else None,
-                       "dense_forward_s": round(dense, 2), "ppl": round(ppl, 3), **usage,
+                ref = REFERENCE_S.get((method, threads))
+                row = {"method": method, "threads": threads, "reference_s": ref, "dense_forward_s": round(dense, 2),
                        "dense_peak_rss_mb": dense_usage["peak_rss_mb"],
-                       "rss_vs_dense_model": round(usage["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3),
-                       "system_fraction": round(usage["system_s"] / max(usage["user_s"] + usage["system_s"], 1e-9), 3),
-                       "profile": timings.get("profile")}
+                       **prune_and_score(src, work / "out", method, threads, args.windows)}
+                row["ratio_to_reference"] = round(row["prune_s"] / ref, 3) if ref else None
+                row["rss_vs_dense_model"] = round(row["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3)
+                if args.baseline:
+                    row["baseline"] = prune_and_score(src, work / "out", method, threads, args.windows, args.baseline)
+                    row["ratio_to_baseline"] = round(row["prune_s"] / row["baseline"]["prune_s"], 3)
                 rows.append(row)
                 print(f"{method:9s} threads={threads}  prune {row['prune_s']:6.1f} s  (reference {ref} s, "
-                      f"x{row['ratio_to_reference']})  peak RSS {usage['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the "
-                      f"dense model's {dense_usage['peak_rss_mb']} MB)  user {usage['user_s']} s  "
-                      f"sys {usage['system_s']} s  ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s",
-                      flush=True)
-                print("   phases:", json.dumps((timings.get("profile") or {}).get("phases_s")), flush=True)
-                shutil.rmtree(dst)
+                      f"x{row['ratio_to_reference']})  peak RSS {row['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the "
+                      f"dense model's {dense_usage['peak_rss_mb']} MB)  user {row['user_s']} s  sys {row['system_s']} s  "
+                      f"ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s", flush=True)
+                if args.baseline:
+                    b = row["baseline"]
+                    print(f"   baseline: prune {b['prune_s']} s (new/baseline x{row['ratio_to_baseline']})  peak RSS "
+                          f"{b['peak_rss_mb']} MB  user {b['user_s']} s  sys {b['system_s']} s  ppl {b['ppl']}", flush=True)
+                print("   phases:", json.dumps((row.get("profile") or {}).get("phases_s")), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
