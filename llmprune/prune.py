@@ -23,7 +23,7 @@ from .errors import LlmpruneError
 from .io import Checkpoint, ReadAhead, atomic_dir, check_output, copy_aux_files
 from .memory import release_large_frees
 from .methods.magnitude import GlobalMagnitude, magnitude_mask
-from .methods.masks import apply_threshold_
+from .methods.masks import Threshold, apply_threshold_, key_bits
 from .models import resolve_model
 from .output import write_checkpoint
 from .report import SparsityStats
@@ -107,31 +107,10 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     timings = {"resolve": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    glob = None
-    if cfg.pattern is None and cfg.scope == "global":
-        glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
-                               sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
-        ties = dict(zip(glob.names, glob.threshold.ties))
-    else:
-        mask = lambda name, w: magnitude_mask(w, cfg)  # noqa: E731
+    produce, stats = magnitude_stream(ckpt, select, names, cfg)
     timings["threshold"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    stats = SparsityStats()
-
-    read = ReadAhead(ckpt, names)  # names are in file order, the order the writer asks for them
-
-    def produce(name: str) -> torch.Tensor:
-        w = read(name)
-        if glob is not None:  # one fused pass: threshold, zero, count the zeros before and after
-            before, after = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
-        else:
-            before = w.numel() - int(torch.count_nonzero(w))
-            w.masked_fill_(mask(name, w).logical_not_(), 0)
-            after = None
-        stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
-        return w
-
     with atomic_dir(out, overwrite) as work:
         copy_aux_files(src, work)
         total = write_checkpoint(ckpt, work, set(names), fmt, output_metadata(cfg), produce, cfg, step)
@@ -140,6 +119,46 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
         record = run_record(model, src, cfg, stats, timings, format=fmt, **sizes(ckpt, total))
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def magnitude_stream(ckpt: Checkpoint, select: Selector, names: list[str], cfg: PruneConfig,
+                     threshold: Threshold | None = None) -> tuple[Callable[[str], torch.Tensor], SparsityStats]:
+    """(produce, stats) of a magnitude prune: `produce(name)` reads tensor `name` from `ckpt` and returns it
+    pruned (valid until the call after next: read-ahead buffers), counting its zeros into `stats`. Call it
+    once per name, in `names`' (file) order.
+
+    A global threshold comes from one histogram pass over the checkpoint, unless `threshold` (for
+    `cfg.sparsity`, e.g. from a sweep's one pass for all levels) is given."""
+    glob_key = ties = bits = None
+    if cfg.pattern is None and cfg.scope == "global":
+        if threshold is None:
+            glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
+                                   sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
+            threshold, bits = glob.threshold, glob.bits
+        else:
+            bits = magnitude_bits(ckpt.info(n).dtype for n in names)
+        glob_key, ties = threshold.key, dict(zip(sorted(names), threshold.ties))
+    stats = SparsityStats()
+    read = ReadAhead(ckpt, names)  # names are in file order, the order the writer asks for them
+
+    def produce(name: str) -> torch.Tensor:
+        w = read(name)
+        if ties is not None:  # one fused pass: threshold, zero, count the zeros before and after
+            before, after = apply_threshold_(w, glob_key, ties[name], bits)
+        else:
+            before = w.numel() - int(torch.count_nonzero(w))
+            w.masked_fill_(magnitude_mask(w, cfg).logical_not_(), 0)
+            after = None
+        stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
+        return w
+
+    return produce, stats
+
+
+def magnitude_bits(dtypes) -> int:
+    """Key width of the global-magnitude histogram, as GlobalMagnitude picks it (31 for mixed dtypes)."""
+    dtypes = set(dtypes)
+    return key_bits(dtypes.pop()) if len(dtypes) == 1 else 31
 
 
 def output_metadata(cfg: PruneConfig) -> dict:
