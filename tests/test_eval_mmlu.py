@@ -152,7 +152,8 @@ def test_in_memory_equals_lm_eval_loading_the_checkpoint(tmp_path, monkeypatch):
                              task_manager=TaskManager(include_path=ours["task_dir"], include_defaults=False),
                              limit=2, batch_size=4, device="cpu")
     assert ours["questions"] == 5  # --limit is per subject: 2 + 2 + 1
-    assert summarize(theirs) == {k: v for k, v in ours.items() if k != "task_dir"}
+    assert summarize(theirs) == {k: v for k, v in ours.items() if k not in ("task_dir", "data")}
+    assert ours["data"] == str(tmp_path / "cais.jsonl")  # where the questions came from
     assert theirs["results"]["mmlu"]["acc,none"] == pytest.approx(ours["accuracy"])
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["results"]["mmlu_anatomy"]["alias"].strip() == "anatomy" and "n-samples" in saved
