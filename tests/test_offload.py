@@ -151,3 +151,20 @@ def test_eval_error_still_removes_the_offload_folder(tiny_lm_dir, tmp_path, monk
     r = invoke("eval", "ppl", tiny_lm_dir, "--sparsity", "0.5", "--max-memory", "0", "--offload-folder", off)
     assert r.exit_code != 0 and isinstance(r.exception, RuntimeError)
     assert off.is_dir() and not any(off.iterdir())
+
+
+def test_sweep_under_a_budget_matches_eval_of_prune(tiny_lm_dir, tmp_path):
+    """The issue's check, tiny: a 2-level sweep fully disk-offloaded; its 50% point equals `eval ppl` of
+    `prune --sparsity 0.5`'s output, its dense point the unconstrained dense perplexity."""
+    text = tmp_path / "t.txt"
+    text.write_text("Pruning removes weights from a network. " * 60)
+    off = tmp_path / "off"
+    r = invoke("sweep", tiny_lm_dir, "--task", "ppl", "--sparsities", "0,0.5", "--max-memory", "0", "--offload-folder", off,
+               "--ppl-data", text, "--seqlen", "64", "--no-plot", "-o", tmp_path / "sweep", "--json")
+    assert r.exit_code == 0, r.output
+    ppl = {row["level"]: row["score"] for row in json.loads(r.stdout)["rows"]}
+    assert invoke("prune", tiny_lm_dir, "--sparsity", "0.5", "-o", tmp_path / "p50").exit_code == 0
+    for level, model in (("dense", tiny_lm_dir), ("0.5", tmp_path / "p50")):
+        e = invoke("eval", "ppl", model, "--data", text, "--seqlen", "64", "--json")
+        assert ppl[level] == pytest.approx(json.loads(e.stdout)["tasks"]["ppl"]["ppl"], rel=1e-6), level
+    assert not any(off.iterdir())

@@ -4,7 +4,7 @@ An MMLU run prints ~170 lines of other libraries' logging and progress bars (a "
 per subject, a warning and a bar per lm-eval task, `fatal: not a git repository` from lm-eval asking git
 for a commit hash outside a checkout: `lmeval.run_tasks` always silences that one). `quiet()` turns their loggers to errors only, their progress bars
 off, and swallows whatever they still write to Python's stderr (tqdm bars without a switch), restoring all
-of it afterwards; if the block fails, what was swallowed is written out, so an error keeps its context.
+of it afterwards; if the block fails with an unexpected error, what was swallowed is written out, so it keeps its context.
 llmprune's own progress bar writes to the stream `quiet()` yields, the real stderr.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ import io
 import logging
 import sys
 import warnings
+
+from ..errors import LlmpruneError
 
 LOGGERS = ("lm_eval", "lm-eval", "accelerate", "datasets", "transformers", "huggingface_hub", "urllib3", "filelock")
 
@@ -37,7 +39,9 @@ def quiet(verbose: bool = False):
         stack.enter_context(contextlib.redirect_stderr(swallowed))
         try:
             yield real
-        except BaseException:
+        except LlmpruneError:  # a one-line user error says it all
+            raise
+        except Exception:
             real.write(swallowed.getvalue()[-4000:])
             raise
 
