@@ -44,21 +44,31 @@ from .common import emit, json_option, stderr
               help="Directory for results.jsonl (resumable), sweep.csv, summary.json and sweep.png.")
 @click.option("--overwrite", is_flag=True, help="Discard results.jsonl from an earlier sweep in OUTPUT and start over.")
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
+@click.option("--executor", "executor_name", default="local", show_default=True,
+              help="local: every point in this process; ray: every point a Ray task (pip install 'llmprune[cluster]').")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (auto, or ray://HOST:10001) [default: start a "
+              "local Ray runtime for the command].")
+@click.option("--gpus-per-point", type=float, default=None, help="GPUs each Ray point holds (fractions share one) "
+              "[default: 1 with --device cuda, else 0].")
+@click.option("--cpus-per-point", type=float, default=None, help="CPUs each Ray point holds; also its torch threads [default: 1].")
 @json_option
 def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclude, epsilon, limit, subjects, ppl_windows,
               ppl_data, mmlu_data, seqlen, batch_size, dtype, device, calib, calib_samples, seed, output, overwrite,
-              no_plot, as_json):
+              no_plot, executor_name, ray_address, gpus_per_point, cpus_per_point, as_json):
     """Score MODEL dense and pruned at every level, and find its essential sparsity (the knee).
 
     The knee (Jaiswal et al. 2023) is the largest tested sparsity whose score is within --epsilon of dense,
     the next level falling out; the first level out of the band ends the range, even if later levels come
     back in. It is reported per method, task and MMLU category. Each point is appended to
-    OUTPUT/results.jsonl as it finishes: rerun the same command to resume a killed sweep.
+    OUTPUT/results.jsonl as it finishes: rerun the same command to resume a killed sweep. With --executor ray
+    the points run side by side as Ray tasks (each worker loads MODEL itself); a point that fails is retried
+    once, then reported, and the others still finish.
 
     \b
     llmprune sweep smollm2-135m --task ppl --seqlen 512 --ppl-windows 8 -o sweep
     llmprune sweep smollm2-135m --task ppl --task mmlu --limit 5 --method magnitude --method wanda -o sweep
     llmprune sweep bert-base-uncased --pattern 1:4 --pattern 2:4 --pattern 4:8 --task ppl -o nm
+    llmprune sweep /shared/llama-13b --task mmlu --device cuda --executor ray --ray-address auto -o /shared/sweep
     """
     from ..sweep.knee import parse_sparsities
     from ..sweep.results import ResultsLog
@@ -78,16 +88,20 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
     for name, value in (("--limit", limit), ("--ppl-windows", ppl_windows), ("--seqlen", seqlen), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise LlmpruneError(f"Invalid {name} {value}: use a positive integer.")
+    from ..sweep.executor import make_executor
+
+    executor = make_executor(executor_name, ray_address, gpus_per_point, cpus_per_point, device)
     manager = prepare_mmlu(cfg)  # questions read and checked before any weights load
     log = ResultsLog(output, cfg.identity(), overwrite, header={"config": cfg.to_json()})
 
     from ..models import load_model
 
     t0 = time.perf_counter()
-    stderr.print(f"Loading {model} ...")
-    lm, tok = load_model(model, dtype=dtype, device=device)
-    if tok is None:
-        raise LlmpruneError(f"{model} has no tokenizer: a sweep scores a language model with one.")
+    if not executor.remote:  # remote workers load the model themselves
+        stderr.print(f"Loading {model} ...")
+        lm, tok = load_model(model, dtype=dtype, device=device)
+        if tok is None:
+            raise LlmpruneError(f"{model} has no tokenizer: a sweep scores a language model with one.")
     load_s = time.perf_counter() - t0
     before = len(log.records)
     total = (1 + len(cfg.methods) * len(cfg.levels)) * len(cfg.tasks)
@@ -100,10 +114,25 @@ def sweep_cmd(model, tasks, methods, sparsities, patterns, scope, include, exclu
                      f"({r['seconds']['prune'] + r['seconds']['eval']:.1f} s)")
 
     t1 = time.perf_counter()
-    records = run_sweep(lm, cfg, log, default_evaluators(cfg, tok, manager), calibration_for(cfg, tok, context_length(lm.config)), on_point)
-    timings = {"load": load_s, "sweep": time.perf_counter() - t1, "points_computed": len(records) - before}
+    if executor.remote:
+        from ..sweep.points import pending_points, remote_scorer, run_points
+
+        points = pending_points(cfg, log.done)
+        scorer = remote_scorer(cfg, points, device, executor.cpus, executor.gpus)
+        if points:
+            stderr.print(f"Scoring {len(points)} points as Ray tasks on {ray_address or 'a local Ray runtime'} ...")
+        with executor:
+            records = run_points(cfg, log, scorer, executor, on_point)
+    else:
+        records = run_sweep(lm, cfg, log, default_evaluators(cfg, tok, manager), calibration_for(cfg, tok, context_length(lm.config)), on_point)
+    timings = {"load": load_s, "sweep": time.perf_counter() - t1, "points_computed": len(records) - before,
+               "executor": executor.name}
     result = _finish(output, cfg.epsilon, log, timings, plot=not no_plot)
     emit(result, as_json, None if as_json else _table(result))
+    if log.failures:
+        from ..sweep.points import failure_message
+
+        raise LlmpruneError(failure_message(log.failures, log.path))
 
 
 @click.command("plot")
@@ -140,10 +169,11 @@ def _finish(out, epsilon: float, log, timings: dict | None, plot: bool) -> dict:
     if timings is None and (Path(out) / "summary.json").exists():  # `plot`: keep the sweep's own timings
         import json
 
-        previous = json.loads((Path(out) / "summary.json").read_text()).get("timings", {})
+        previous = json.loads((Path(out) / "summary.json").read_text())
     config = header.get("config", {})
     extra = {"model": config.get("model"), "config": config, "versions": versions(),
-             "timings": timings if timings is not None else previous, "points": len(records)}
+             "timings": timings if timings is not None else previous.get("timings", {}), "points": len(records),
+             "failed": log.failures if log is not None else previous.get("failed", [])}
     paths = write_outputs(out, summary, extra, plot=plot)
     return {**extra, "epsilon": epsilon, "knees": summary["knees"], "rows": summary["rows"],
             "outputs": {k: str(v) for k, v in paths.items()}}

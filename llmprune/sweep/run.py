@@ -3,12 +3,12 @@
 The model is loaded once. A CPU copy of the prunable weights is kept, and each level starts by restoring it:
 magnitude with a global threshold (the paper's OMP) applies nested masks whose thresholds all come from one
 histogram pass (`levels.NestedMagnitude`); per-matrix magnitude scopes, N:M patterns and the calibration
-methods (Wanda, SparseGPT) rerun `prune_model_` per level on the same calibration batch. Each finished
-point is appended to `results.jsonl` at once; points already there are skipped, so a killed sweep resumes.
+methods (Wanda, SparseGPT) rerun `prune_model_` per level on the same calibration batch (`points.py`).
+Each finished point is appended to `results.jsonl` at once; points already there are skipped, so a killed
+sweep resumes. The points run on an executor (`executor.py`): here in process, or each a Ray task.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -16,8 +16,7 @@ import torch
 
 from ..config import METHODS, PruneConfig, check_choice, check_sparsity, parse_pattern
 from ..errors import LlmpruneError
-from .levels import NestedMagnitude
-from .results import DENSE, ResultsLog
+from .results import ResultsLog
 
 TASKS = ("ppl", "mmlu")
 Evaluator = Callable[[torch.nn.Module], dict]
@@ -154,51 +153,15 @@ def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluat
               calib: torch.Tensor | None = None, on_point: Callable[[dict], None] | None = None) -> list[dict]:
     """Score the dense model and every (method, level) not yet in `log`; returns all of log's records.
 
-    The model is pruned in place level after level and restored to dense at the end (also on error).
+    The model is pruned in place point after point (`points.PointScorer`, in this process) and restored to
+    dense at the end (also on error); points that fail twice are in `log.failures`. For workers that load
+    the model themselves (Ray), see `points.run_points` with `points.remote_scorer`.
     """
-    from ..arch import Selector, arch_for
+    from .executor import LocalExecutor
+    from .points import PointScorer, nested_levels, pending_points, run_points
 
-    done = log.done
-
-    def score(method: str, level: Level | None, actual: float, prune_s: float, todo: list[str]) -> None:
-        for task in todo:
-            t0 = time.perf_counter()
-            metrics = evaluators[task](model)
-            record = {"method": method, "level": level.label if level else DENSE,
-                      "sparsity": level.sparsity if level else 0.0, "actual_sparsity": actual, "task": task,
-                      "metrics": metrics, "seconds": {"prune": prune_s, "eval": time.perf_counter() - t0},
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            log.append(record)
-            prune_s = 0.0  # charged to the level's first task only
-            if on_point:
-                on_point(record)
-
-    score(DENSE, None, 0.0, 0.0, [t for t in cfg.tasks if (DENSE, DENSE, t) not in done])
-    todo = {(m, lv): [t for t in cfg.tasks if (m, lv.label, t) not in done] for m in cfg.methods for lv in cfg.levels}
-    todo = {k: v for k, v in todo.items() if v}
-    if not todo:
-        return log.records
-    select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
-    params = {n: p.data for n, p in model.named_parameters() if select(n, tuple(p.shape))}
-    if not params:
-        raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
-    nested_levels = [lv.sparsity for (m, lv) in todo if m == "magnitude" and lv.pattern is None and cfg.scope == "global"]
-    t0 = time.perf_counter()
-    weights = NestedMagnitude(params, nested_levels)  # the CPU copy; thresholds for the nested levels
-    setup_s = time.perf_counter() - t0
+    scorer = PointScorer(model, cfg, evaluators, calib, nested_levels(cfg, pending_points(cfg, log.done)))
     try:
-        for (method, level), tasks in todo.items():
-            t0 = time.perf_counter()
-            if method == "magnitude" and level.sparsity in weights.thresholds and level.pattern is None:
-                actual = weights.apply_(level.sparsity)
-            else:
-                from ..prune import prune_model_
-
-                weights.restore_()
-                pcfg = cfg.prune_config(method, level)
-                actual = prune_model_(model, pcfg, calib if method != "magnitude" else None)["global"]["sparsity"]
-            score(method, level, actual, time.perf_counter() - t0 + setup_s, tasks)
-            setup_s = 0.0
+        return run_points(cfg, log, scorer, LocalExecutor(), on_point)
     finally:
-        weights.restore_()
-    return log.records
+        scorer.restore_()
