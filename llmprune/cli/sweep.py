@@ -46,8 +46,8 @@ from .common import emit, json_option, stderr
 @click.option("--no-plot", is_flag=True, help="Skip sweep.png.")
 @click.option("--executor", "executor_name", default="local", show_default=True,
               help="local: every point in this process; ray: every point a Ray task (pip install 'llmprune[cluster]').")
-@click.option("--ray-address", default=None, help="Join this Ray cluster (auto, or ray://HOST:10001) [default: start a "
-              "local Ray runtime for the command].")
+@click.option("--ray-address", default=None, help="Join this Ray cluster: auto, HOST:6379 (on a cluster node) or ray://HOST:10001 "
+              "[default: start a local Ray runtime for the command].")
 @click.option("--gpus-per-point", type=float, default=None, help="GPUs each Ray point holds (fractions share one) "
               "[default: 1 with --device cuda, else 0].")
 @click.option("--cpus-per-point", type=float, default=None, help="CPUs each Ray point holds; also its torch threads [default: 1].")

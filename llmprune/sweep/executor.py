@@ -9,7 +9,7 @@ the error and the other points still run. An `LlmpruneError` is not retried: it 
 `LocalExecutor` calls the function in this process (the model stays loaded between points).
 `RayExecutor` ships the function once (it must be picklable) and runs each point as a Ray task with
 `gpus_per_point` GPUs and `cpus_per_point` CPUs: on a local runtime it starts and stops itself, or on a
-cluster it joins (`address="auto"` or `"ray://host:port"`). Ray is the optional extra `llmprune[cluster]`.
+cluster it joins (`address="auto"`, `"host:6379"` or `"ray://host:10001"`). Ray is the optional extra `llmprune[cluster]`.
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def require_ray():
         import ray
     except ImportError:
         raise LlmpruneError("--executor ray needs Ray, an optional extra: pip install 'llmprune[cluster]' "
-                            "(or pip install 'ray>=2.40').") from None
+                            "(or pip install 'ray[client]>=2.40').") from None
     return ray
 
 
@@ -136,8 +136,8 @@ class RayExecutor:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise LlmpruneError(f"Cannot start or join Ray at {self.address or 'a local runtime'} ({describe(e)}); "
-                                    "use --ray-address auto on a node of a running cluster, ray://HOST:10001, "
-                                    "or no --ray-address for a local runtime.") from None
+                                    "use --ray-address auto or HOST:6379 on a node of a running cluster, "
+                                    "ray://HOST:10001 from elsewhere, or no --ray-address for a local runtime.") from None
             self.started = True
         have = ray.cluster_resources()
         for kind, need in (("GPU", self.gpus), ("CPU", self.cpus)):
