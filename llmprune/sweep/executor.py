@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -37,7 +36,6 @@ class Outcome:
     value: Any = None
     error: str | None = None    # "ExceptionType: first line of the message"
     attempts: int = 1
-    seconds: float = 0.0        # wall time from first submission to the end of the last attempt
 
     @property
     def ok(self) -> bool:
@@ -70,7 +68,7 @@ class LocalExecutor:
     def run(self, fn: Callable, items: Sequence, on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
         outcomes = []
         for i, item in enumerate(items):
-            t0, attempt = time.perf_counter(), 1
+            attempt = 1
             while True:
                 try:
                     outcome = Outcome(i, item, value=fn(item), attempts=attempt)
@@ -81,7 +79,6 @@ class LocalExecutor:
                         break
                     log.warning("%s failed (%s); retrying once", item, describe(e))
                     attempt += 1
-            outcome.seconds = time.perf_counter() - t0
             outcomes.append(outcome)
             if on_done:
                 on_done(outcome)
@@ -105,8 +102,8 @@ def _call(fn: Callable, item):
 class RayExecutor:
     """Each point a Ray task with `gpus_per_point` GPUs and `cpus_per_point` CPUs.
 
-    With `address` None a local Ray runtime is started on first use and stopped on exit; with "auto" or
-    "ray://host:port" the executor joins that cluster (and only disconnects on exit). If Ray is already
+    With `address` None a local Ray runtime is started on first use and stopped on exit; with "auto",
+    "host:6379" or "ray://host:10001" the executor joins that cluster (and only disconnects on exit). If Ray is already
     initialised in this process (a notebook, the tests), that runtime is used and left running.
     """
 
@@ -158,14 +155,12 @@ class RayExecutor:
         options = dict(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0, retry_exceptions=False)  # retries: ours
         fn_ref = ray.put(fn)  # shipped once; each task receives it by reference
         outcomes: list[Outcome | None] = [None] * len(items)
-        running: dict = {}
-        started = {}
+        running: dict = {}  # ObjectRef -> (index, attempt)
 
         def submit(i: int, attempt: int) -> None:
             running[task.options(name=f"llmprune {items[i]}", **options).remote(fn_ref, items[i])] = (i, attempt)
 
         for i in range(len(items)):
-            started[i] = time.perf_counter()
             submit(i, 1)
         try:
             while running:
@@ -179,7 +174,6 @@ class RayExecutor:
                         submit(i, attempt + 1)
                         continue
                     outcome = Outcome(i, items[i], error=describe(e), attempts=attempt)
-                outcome.seconds = time.perf_counter() - started[i]
                 outcomes[i] = outcome
                 if on_done:
                     on_done(outcome)
