@@ -50,8 +50,8 @@ def test_one_pass_thresholds_equal_prunes_own(tiny_lm_dir):
         assert found[s] == GlobalMagnitude(names, ckpt.read, (ckpt.info(n).dtype for n in names), numel, s).threshold
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Stands for a kill (like KeyboardInterrupt): stops the sweep, unlike an error, which a point retries."""
 
 
 class FakeSuite:

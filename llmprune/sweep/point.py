@@ -1,4 +1,4 @@
-"""One sweep point, (method, level, task) -> its result record: the work an executor hands out.
+"""One sweep point, (curve, level, task) -> its result record, and the runners that score points.
 
 A `PointRunner` holds one loaded model (maybe offloaded under a memory budget) and the evaluation suite.
 `run(point)` gives the model that point's weights, unless it holds them already, and scores the point's
@@ -12,6 +12,10 @@ whatever was offloaded, and in any order of points.
 A curve is a method with an allocation (`wanda`, or `wanda+owl` for OWL's layer-wise sparsities). The OWL
 outlier ratios belong to the dense model, so a runner scores them once per method (at the first OWL level it
 prunes) and reuses them for the method's other levels: only the layer sparsities are recomputed.
+
+An executor hands out `Work`s (the points of one (curve, level), pruned once) to a runner's `run_work`:
+the `PointRunner` itself in this process, or `remote.LoadAndRun` on a remote worker (Ray), which loads the
+model once per worker process and keeps a `PointRunner` of its own there.
 """
 from __future__ import annotations
 
@@ -58,6 +62,28 @@ class Point:
         return (self.curve, self.level.label if self.level else DENSE)
 
 
+@dataclass(frozen=True)
+class Work:
+    """What an executor hands out: the points of one (curve, level), pruned once and scored per task."""
+
+    points: tuple[Point, ...]
+
+    @property
+    def curve(self) -> str:
+        return self.points[0].weights[0]
+
+    @property
+    def level(self) -> str:
+        return self.points[0].weights[1]
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(p.task for p in self.points)
+
+    def __str__(self) -> str:
+        return DENSE if self.level == DENSE else f"{self.curve} {self.level}"
+
+
 class PointRunner:
     """Scores points of a sweep on one loaded model; see the module docstring."""
 
@@ -80,10 +106,15 @@ class PointRunner:
                 self.calibration(self.cfg.prune_config(p.method, p.level, p.allocation))
                 return
 
+    def run_work(self, work: Work) -> list[dict]:
+        """The records of a work's points, one per task (its prune charged to the first)."""
+        return [self.run(p) for p in work.points]
+
     def run(self, point: Point) -> dict:
         """The result record of `point` (see results.jsonl): metrics, actual sparsity, seconds."""
         t0 = time.perf_counter()
         if point.weights != self.state:
+            self.state = None  # until every weight is written: a failed write is never taken for a done one
             self.actual = self._set(point)
             self.state = point.weights
         prune_s = time.perf_counter() - t0

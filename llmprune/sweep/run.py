@@ -6,21 +6,28 @@ disk (see `point.PointRunner`). The points are run in order: dense first, then e
 increasing sparsity, so global magnitude goes up its nested levels with thresholds all found in one pass,
 and an OWL curve scores the dense model's outlier ratios once, at its first level. A curve is a method
 with an allocation: each allocation other than uniform is its own curve, labelled `<method>+<allocation>`
-(e.g. `wanda+owl`). Each finished point is appended to `results.jsonl` at once; points already there are
-skipped, so a killed sweep resumes. `plan` lists the points, `run_sweep` runs them one after another
-through `PointRunner.run` (one point -> one record): another executor can hand the same points to
-several runners.
+(e.g. `wanda+owl`).
+
+`plan` lists the points; `run_sweep` is the driver: it groups them into `Work`s (one (curve, level) with
+its pending tasks: pruned once, scored per task) and hands these to an executor (`executor.py`): in this
+process, one after another through one `PointRunner`, or each work a Ray task on a worker that loads the
+model once and keeps its own `PointRunner` (`remote.LoadAndRun`): one code path either way. The driver alone
+appends to `results.jsonl`, as each work finishes (points already there are skipped, so a killed sweep
+resumes), rewrites it in the grid's order at the end, and records the works that failed twice.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from ..config import ALLOCATIONS, PruneConfig, check_choice, check_sparsity, parse_pattern
 from ..methods import get_method
 from ..errors import LlmpruneError
-from .point import Level, Point, PointRunner, curve_label
+from .point import Level, Point, Work, curve_label
 from .results import DENSE, ResultsLog
+
+log = logging.getLogger(__name__)
 
 TASKS = ("ppl", "mmlu")
 
@@ -123,15 +130,54 @@ def plan(cfg: SweepConfig, done=()) -> list[Point]:
     return [p for p in points if (*p.weights, p.task) not in done]
 
 
-def run_sweep(runner: PointRunner, cfg: SweepConfig, log: ResultsLog,
-              on_point: Callable[[dict], None] | None = None) -> list[dict]:
-    """Score every point of `cfg` not yet in `log` with `runner`; returns all of log's records. The
-    runner's model is left holding the last point's weights (`runner.state`)."""
-    points = plan(cfg, log.done)
-    runner.prepare(points)
-    for point in points:
-        record = runner.run(point)
-        log.append(record)
-        if on_point:
-            on_point(record)
-    return log.records
+def grid_keys(cfg: SweepConfig) -> list[tuple[str, str, str]]:
+    """(curve, level, task) of every point of the grid, in the order `results.jsonl` lists them."""
+    return [(*p.weights, p.task) for p in plan(cfg)]
+
+
+def works(points: list[Point]) -> list[Work]:
+    """`points` grouped by the weights they score (in their order): what an executor hands out."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.weights, []).append(p)
+    return [Work(tuple(g)) for g in groups.values()]
+
+
+def run_sweep(runner, cfg: SweepConfig, results: ResultsLog, on_point: Callable[[dict], None] | None = None,
+              executor=None) -> list[dict]:
+    """Score every point of `cfg` not yet in `results`; returns all of its records (works that failed twice
+    are in `results.failures`, the others still run).
+
+    `runner`: a `PointRunner` on a model loaded here, or a `remote.LoadAndRun` for workers that load it
+    themselves; `executor`: a `LocalExecutor` (the default) or `RayExecutor`. A local runner's model is left
+    holding the last point's weights (`runner.state`)."""
+    from .executor import LocalExecutor
+
+    points = plan(cfg, results.done)
+    runner.prepare(points)  # e.g. the calibration batch: a bad source fails before any result is written
+
+    def done(outcome) -> None:
+        if not outcome.ok:
+            work = outcome.item
+            log.warning("%s failed after %d attempt(s): %s", work, outcome.attempts, outcome.error)
+            results.fail({"method": work.curve, "level": work.level, "tasks": list(work.tasks),
+                          "error": outcome.error, "attempts": outcome.attempts})
+            return
+        for record in outcome.value:
+            results.append(record)
+            if on_point:
+                on_point(record)
+
+    (executor or LocalExecutor()).run(runner.run_work, works(points), done)
+    results.reorder_(grid_keys(cfg))
+    return results.records
+
+
+def failure_message(failures: list[dict], path) -> str:
+    """One line naming the points that failed (grouped by error) and how to retry just them."""
+    by_error: dict[str, list[str]] = {}
+    for f in failures:
+        by_error.setdefault(f["error"], []).append(DENSE if f["method"] == DENSE else f"{f['method']} {f['level']}")
+    shown = "; ".join(f"{', '.join(points)}: {error}" for error, points in by_error.items())
+    return (f"{len(failures)} point{'s' if len(failures) > 1 else ''} failed ({shown}); the others are in {path}. "
+            "Rerun the same command to retry only the missing points.")
