@@ -461,11 +461,12 @@ def calibration_ids(src: Path, ckpt, cfg: PruneConfig) -> torch.Tensor:
 
 def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out, cfg: PruneConfig, *,
                      overwrite: bool = False, fmt: str = "dense", step=None, calib: torch.Tensor | None = None,
-                     on_layer=None) -> dict:
+                     on_layer=None, outliers: Allocation | None = None) -> dict:
     """Stream the checkpoint `ckpt` (at `src`) through Wanda/SparseGPT into `out`; returns the run record.
 
     `calib` (n, seqlen) overrides the batch drawn from `cfg.calib`; `on_layer(i)` is called after layer i is
-    saved (tests use it to simulate a kill).
+    saved (tests use it to simulate a kill); `outliers`: an earlier OWL allocation of this checkpoint (a
+    sweep's previous level) whose outlier ratios are reused (no first pass).
     """
     from .io import atomic_dir
 
@@ -489,8 +490,9 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
         try:
             start = state.done + 1
             with phases("allocation"):
-                alloc = streamed_allocation(state, skeleton, layers_path, layers, ckpt, name_of, ids, is_target,
-                                            cfg, device, activation_placement(cfg, work / "engine" / "owl-acts.bin", device))
+                alloc = reuse(outliers, cfg) or streamed_allocation(
+                    state, skeleton, layers_path, layers, ckpt, name_of, ids, is_target, cfg, device,
+                    activation_placement(cfg, work / "engine" / "owl-acts.bin", device))
             t1 = time.perf_counter()
             if start < len(layers):  # (a run killed while assembling has every layer done already)
                 with phases("capture"):

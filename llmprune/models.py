@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .assets import cache_dir, notice, pypi_member
@@ -146,11 +147,35 @@ def auto_class(config: dict):
     return getattr(transformers, arch_for(config).auto_class)
 
 
+DTYPES = {"auto": "auto", "fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
 def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwargs):
     """(model, tokenizer or None) with weights materialised; `dtype` None keeps the checkpoint's dtype.
 
     Reads llmprune's compact sparse format transparently (dense weights, bit-exact).
     """
+    loaded = load(model, dtype=dtype, device=device, **kwargs)
+    return loaded.model, loaded.tokenizer
+
+
+@dataclass
+class Loaded:
+    """A loaded model with where it came from: `source` (the checkpoint directory, the original of every
+    weight) and `scratch` (the run's folder for offloaded and temporary weights, or None)."""
+
+    model: object
+    tokenizer: object
+    source: Path
+    scratch: Path | None = None
+    max_memory: dict | None = None
+
+
+def load(model: str | os.PathLike, dtype=None, device: str | None = "cpu", max_memory: dict | None = None,
+         scratch: Path | None = None, **kwargs) -> Loaded:
+    """Load MODEL for evaluation (see `load_model`). With `max_memory` (accelerate's dict, see budget.py)
+    the device map comes from it and whatever does not fit is offloaded to disk under `scratch`."""
     import torch
     from transformers import AutoTokenizer
 
@@ -160,25 +185,32 @@ def load_model(model: str | os.PathLike, dtype=None, device: str = "cpu", **kwar
     config = read_config(path)
     cls = auto_class(config)
     if isinstance(dtype, str):
-        names = {"auto": "auto", "fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
-                 "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-        if dtype not in names:
+        if dtype.lower() not in DTYPES:
             from .errors import unknown
 
-            raise unknown("dtype", dtype, names)
-        dtype = names[dtype]
-    if "sparsity_config" in config and config["sparsity_config"].get("format", "").startswith("llmprune"):
+            raise unknown("dtype", dtype, DTYPES)
+        dtype = DTYPES[dtype.lower()]
+        dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if max_memory is not None:
+        kwargs.update(device_map="auto", max_memory=max_memory)
+    if kwargs.get("device_map") is not None and scratch is not None:
+        kwargs["offload_folder"] = str(scratch)
+    sparse = "sparsity_config" in config and config["sparsity_config"].get("format", "").startswith("llmprune")
+    if sparse and kwargs.get("device_map") is not None:
+        raise LlmpruneError(f"{model} is in llmprune's compact sparse format, which is unpacked in memory: convert it "
+                            "to dense first (llmprune convert) to load it with a device map or --max-memory.")
+    if sparse:
         model_obj = load_sparse_model(path, cls, dtype=dtype, **kwargs)
     else:
         model_obj = cls.from_pretrained(path, dtype=dtype or "auto", **kwargs)
-    if device != "cpu" and "device_map" not in kwargs:
+    if device not in (None, "cpu", "auto") and "device_map" not in kwargs:
         model_obj.to(device)
     model_obj.eval()
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception:  # vision models have no tokenizer
         tok = None
-    return model_obj, tok
+    return Loaded(model_obj, tok, path, scratch, max_memory)
 
 
 def read_state_dict(path: str | Path) -> dict:

@@ -24,7 +24,7 @@ from .io import Checkpoint, ReadAhead, atomic_dir, check_not_input, check_output
 from .memory import release_large_frees
 from .methods import get_method
 from .methods.magnitude import GlobalMagnitude
-from .methods.masks import apply_threshold_, check_finite
+from .methods.masks import Threshold, apply_threshold_, check_finite, key_bits
 from .models import resolve_model
 from .output import write_checkpoint
 from .record import output_metadata, run_record, sizes
@@ -116,33 +116,10 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     timings = {"resolve": time.perf_counter() - t0}
 
     t1 = time.perf_counter()
-    glob, alloc = None, Allocation()
-    layer_of = lambda name: select.describe(name)[0]  # noqa: E731
-    if cfg.pattern is None and cfg.scope == "global":
-        glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
-                               sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
-        ties = dict(zip(glob.names, glob.threshold.ties))
-    elif cfg.allocation == "owl":  # OWL's outlier ratios from |W|: one read pass, a layer at a time
-        alloc = weight_allocation(cfg, names, layer_of, ckpt.read)
+    produce, stats, alloc = magnitude_stream(ckpt, select, names, cfg)
     timings["threshold"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    stats = SparsityStats()
-
-    read = ReadAhead(ckpt, names)  # names are in file order, the order the writer asks for them
-
-    def produce(name: str) -> torch.Tensor:
-        w = read(name)
-        if glob is not None:  # one fused pass: threshold, zero, count the zeros before and after
-            before, after = apply_threshold_(w, glob.threshold.key, ties[name], glob.bits)
-        else:  # (the global threshold's histogram pass already refused NaN/inf)
-            check_finite(name, w)
-            before = w.numel() - int(torch.count_nonzero(w))
-            w = method.prune(w, None, cfg.layer_spec(alloc.sparsity(layer_of(name)), name))
-            after = None
-        stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
-        return w
-
     with atomic_dir(out, overwrite) as work:
         copy_aux_files(src, work)
         total = write_checkpoint(ckpt, work, set(names), fmt, output_metadata(cfg), produce, cfg, step)
@@ -152,6 +129,55 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
                             allocation=alloc.to_json())
         (work / "run.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def magnitude_stream(ckpt: Checkpoint, select: Selector, names: list[str], cfg: PruneConfig,
+                     threshold: Threshold | None = None, outliers: Allocation | None = None
+                     ) -> tuple[Callable[[str], torch.Tensor], SparsityStats, Allocation]:
+    """(produce, stats, allocation) of a data-free prune (magnitude): `produce(name)` reads tensor `name` from
+    `ckpt` and returns it pruned (valid until the call after next: read-ahead buffers), counting its zeros
+    into `stats`. Call it once per name, in `names`' (file) order.
+
+    A global threshold comes from one histogram pass over the checkpoint, unless `threshold` (for
+    `cfg.sparsity`, e.g. from a sweep's one pass for all levels) is given. OWL's layer sparsities come from
+    one read pass over the weights, unless `outliers` (an earlier OWL allocation of this checkpoint, e.g. a
+    sweep's previous level) gives the outlier ratios."""
+    method = get_method(cfg.method)
+    glob_key = ties = bits = None
+    alloc = reuse(outliers, cfg) or Allocation()
+    layer_of = lambda name: select.describe(name)[0]  # noqa: E731
+    if cfg.pattern is None and cfg.scope == "global":
+        if threshold is None:
+            glob = GlobalMagnitude(names, ReadAhead(ckpt, sorted(names)), (ckpt.info(n).dtype for n in names),
+                                   sum(torch.Size(ckpt.info(n).shape).numel() for n in names), cfg.sparsity)
+            threshold, bits = glob.threshold, glob.bits
+        else:
+            bits = magnitude_bits(ckpt.info(n).dtype for n in names)
+        glob_key, ties = threshold.key, dict(zip(sorted(names), threshold.ties))
+    elif cfg.allocation == "owl" and alloc.kind == "uniform":  # OWL's outlier ratios from |W|: one read pass
+        alloc = weight_allocation(cfg, names, layer_of, ckpt.read)
+    stats = SparsityStats()
+    read = ReadAhead(ckpt, names)  # names are in file order, the order the writer asks for them
+
+    def produce(name: str) -> torch.Tensor:
+        w = read(name)
+        if ties is not None:  # one fused pass: threshold, zero, count the zeros before and after
+            before, after = apply_threshold_(w, glob_key, ties[name], bits)
+        else:  # (the global threshold's histogram pass already refused NaN/inf)
+            check_finite(name, w)
+            before = w.numel() - int(torch.count_nonzero(w))
+            w = method.prune(w, None, cfg.layer_spec(alloc.sparsity(layer_of(name)), name))
+            after = None
+        stats.add(name, w, *select.describe(name), zeros_before=before, zeros=after)
+        return w
+
+    return produce, stats, alloc
+
+
+def magnitude_bits(dtypes) -> int:
+    """Key width of the global-magnitude histogram, as GlobalMagnitude picks it (31 for mixed dtypes)."""
+    dtypes = set(dtypes)
+    return key_bits(dtypes.pop()) if len(dtypes) == 1 else 31
 
 
 def prune_model_(model: torch.nn.Module, cfg: PruneConfig, calib: torch.Tensor | None = None,

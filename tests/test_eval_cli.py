@@ -64,3 +64,19 @@ def test_mmlu_bad_data_fails_before_loading(ckpt, tmp_path):
     (tmp_path / "x.jsonl").write_text('{"prompt": "q"}\n')
     r = invoke("mmlu", ckpt, "--data", tmp_path / "x.jsonl")
     assert r.exit_code == 1 and "Unknown MMLU data layout" in r.output and "Loading" not in r.output
+
+
+def test_output_is_quiet_unless_verbose(ckpt, tmp_path, monkeypatch, capfd):
+    """Other libraries' logging and bars (and git's `fatal:` outside a checkout) only with -v; the table says
+    where the questions came from."""
+    monkeypatch.setenv("LLMPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    write_cais(tmp_path / "q.jsonl")
+    r = invoke("mmlu", ckpt, "--data", tmp_path / "q.jsonl", "--limit", "1")
+    fd = capfd.readouterr()
+    assert r.exit_code == 0, r.output
+    assert f"MMLUquestions:{tmp_path / 'q.jsonl'}" in "".join(r.stdout.split())  # (the caption wraps)
+    noise = ("Generating test split", "num_fewshot", "Loading weights", "fatal:", "WARNING")
+    assert not [n for n in noise if n in r.output + fd.err + fd.out]
+    loud = CliRunner().invoke(main, ["-v", "eval", "mmlu", str(ckpt), "--data", str(tmp_path / "q.jsonl"), "--limit", "1"])
+    assert loud.exit_code == 0 and "Loading weights" in loud.output  # transformers' own bar is back

@@ -10,7 +10,8 @@ import yaml
 
 from llmprune.errors import LlmpruneError
 from llmprune.eval.loading import loading_kwargs
-from llmprune.eval.mmlu import run_mmlu, select, summarize, write_task_dir
+from llmprune.eval.mmlu import select, summarize, write_task_dir
+from llmprune.eval.suite import run_mmlu
 from llmprune.eval.mmlu_data import CATEGORIES, SUBJECTS, read_mmlu
 
 QUESTIONS = {
@@ -152,7 +153,8 @@ def test_in_memory_equals_lm_eval_loading_the_checkpoint(tmp_path, monkeypatch):
                              task_manager=TaskManager(include_path=ours["task_dir"], include_defaults=False),
                              limit=2, batch_size=4, device="cpu")
     assert ours["questions"] == 5  # --limit is per subject: 2 + 2 + 1
-    assert summarize(theirs) == {k: v for k, v in ours.items() if k != "task_dir"}
+    assert summarize(theirs) == {k: v for k, v in ours.items() if k not in ("task_dir", "data")}
+    assert ours["data"] == str(tmp_path / "cais.jsonl")  # where the questions came from
     assert theirs["results"]["mmlu"]["acc,none"] == pytest.approx(ours["accuracy"])
     saved = json.loads((tmp_path / "o.json").read_text())
     assert saved["results"]["mmlu_anatomy"]["alias"].strip() == "anatomy" and "n-samples" in saved

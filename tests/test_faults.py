@@ -292,7 +292,7 @@ def test_nan_refused_before_pruning_in_memory(w):
 @pytest.mark.parametrize("where, argv", [
     ("llmprune.output.ShardWriter.close", ["prune", "{src}", "-o", "{out}", "--sparsity", "0.5"]),
     ("llmprune.output.ShardWriter.close", ["convert", "{src}", "--format", "sparse", "-o", "{out}"]),
-    ("llmprune.eval.ppl.perplexity", ["eval", "ppl", "{src}", "--seqlen", "16", "--limit", "1"]),
+    ("llmprune.eval.ppl.windows_perplexity", ["eval", "ppl", "{src}", "--seqlen", "16", "--limit", "1"]),
 ], ids=["prune", "convert", "eval"])
 def test_ctrl_c_is_exit_130_one_line_and_nothing_published(w, monkeypatch, where, argv):
     def interrupted(*a, **k):

@@ -1,4 +1,4 @@
-"""Sweeps: nested magnitude thresholds equal the one-level code, resume after a crash, outputs, and the CLI."""
+"""Sweeps: one-pass thresholds equal prune's, every level equals prune's output (offloaded too), resume, outputs, CLI."""
 import json
 
 import pytest
@@ -7,13 +7,18 @@ from click.testing import CliRunner
 
 from llmprune.cli import main
 from llmprune.config import PruneConfig
-from llmprune.methods.masks import iter_chunks, kth_threshold
-from llmprune.prune import prune_model_
-from llmprune.sweep.levels import NestedMagnitude, kth_thresholds
+from llmprune.budget import scratch_dir
+from llmprune.io import Checkpoint
+from llmprune.methods.masks import iter_chunks, kth_threshold, kth_thresholds
+from llmprune.models import load
+from llmprune.offload import Weights
+from llmprune.prune import prune_checkpoint
+from llmprune.sweep.levels import global_thresholds
+from llmprune.sweep.point import Point, PointRunner
 from llmprune.sweep.results import ResultsLog, read_results, summarize
-from llmprune.sweep.run import SweepConfig, run_sweep
+from llmprune.sweep.run import SweepConfig, plan, run_sweep
 
-from test_eval_mmlu import tiny_llama_and_tokenizer, write_cais
+from test_eval_mmlu import write_cais
 
 
 @pytest.mark.parametrize("dtype, bits", [(torch.float32, 31), (torch.bfloat16, 15)])
@@ -32,63 +37,119 @@ def test_all_thresholds_from_one_pass_equal_one_at_a_time(dtype, bits):
     assert kth_thresholds(values, ks, bits, len(tensors)) == [kth_threshold(values, k, bits, len(tensors)) for k in ks]
 
 
-def test_nested_levels_equal_prune_model_and_restore():
-    model, _ = tiny_llama_and_tokenizer()
-    ref_model, _ = tiny_llama_and_tokenizer()
-    dense = {n: p.detach().clone() for n, p in model.named_parameters()}
-    params = {n: p.data for n, p in model.named_parameters() if p.dim() == 2 and ".layers." in n}
-    nested = NestedMagnitude(params, [0.3, 0.5, 0.8])
-    for s in (0.8, 0.3, 0.5):  # any order
-        assert nested.apply_(s) == pytest.approx(s, abs=1e-4)
-        ref_model.load_state_dict(dense)
-        prune_model_(ref_model, PruneConfig(sparsity=s))
-        for n, p in ref_model.named_parameters():
-            assert torch.equal(dict(model.named_parameters())[n], p), (s, n)
-    zeros = {s: None for s in (0.3, 0.5)}
-    for s in zeros:
-        nested.apply_(s)
-        zeros[s] = {n: p == 0 for n, p in params.items()}
-    assert all((zeros[0.3][n] <= zeros[0.5][n]).all() for n in params)  # masks are nested
-    nested.restore_()
-    assert all(torch.equal(p, dense[n]) for n, p in model.named_parameters())
+def test_one_pass_thresholds_equal_prunes_own(tiny_lm_dir):
+    from llmprune.methods.magnitude import GlobalMagnitude
+    from llmprune.prune import prunable_names
+
+    ckpt = Checkpoint(tiny_lm_dir)
+    _, names = prunable_names(ckpt, PruneConfig())
+    levels = [0.1, 0.3, 0.5, 0.8]
+    found = global_thresholds(ckpt, names, levels)
+    numel = sum(ckpt.info(n).nbytes // 4 for n in names)
+    for s in levels:
+        assert found[s] == GlobalMagnitude(names, ckpt.read, (ckpt.info(n).dtype for n in names), numel, s).threshold
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """Stands for a kill (like KeyboardInterrupt): stops the sweep, unlike an error, which a point retries."""
 
 
-def fake_evaluators(calls, crash_after=None):
-    """ppl from the fraction of zeros (deterministic), counting calls; raises after `crash_after` calls."""
-    def ppl(model):
-        if crash_after is not None and len(calls) >= crash_after:
+class FakeSuite:
+    """ppl from the fraction of zeros (deterministic), counting calls; raises after `crash_after` calls.
+    It also keeps a copy of every prunable weight the model holds at each call."""
+
+    def __init__(self, calls, crash_after=None):
+        self.calls, self.crash_after, self.seen = calls, crash_after, []
+
+    def run(self, model, tokenizer, tasks, progress=None):
+        if self.crash_after is not None and len(self.calls) >= self.crash_after:
             raise Crash()
-        zeros = sum(int((p == 0).sum()) for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2)
-        calls.append(zeros)
-        return {"ppl": 10.0 + 100 * zeros / 1e5}
-    return {"ppl": ppl}
+        weights = Weights(model)
+        held = {n: weights.read(n) for n in weights.params if ".layers." in n and n.endswith("proj.weight")}
+        zeros = sum(int((w == 0).sum()) for w in held.values())
+        self.calls.append(zeros)
+        self.seen.append({n: w.clone() for n, w in held.items()})
+        return {"ppl": {"ppl": 10.0 + 100 * zeros / 1e5}}
 
 
-def test_killed_sweep_resumes_without_recomputing(tmp_path):
-    model, _ = tiny_llama_and_tokenizer()
+def runner_for(cfg, ckpt_dir, suite, scratch, max_memory=None):
+    return PointRunner(cfg, load(ckpt_dir, max_memory=max_memory, scratch=scratch), suite)
+
+
+@pytest.mark.parametrize("max_memory", [None, {"cpu": 0}], ids=["in-memory", "disk-offloaded"])
+def test_every_level_equals_prune_in_any_order(tiny_lm_dir, tmp_path, max_memory):
+    """Magnitude levels up the nested chain, back down, a calibrated level and dense again: each point's
+    weights equal `prune`'s output with the same arguments, byte for byte, with nothing held but the model."""
+    cfg = SweepConfig(model="tiny", tasks=("ppl",), methods=("magnitude", "wanda"), sparsities=(0.3, 0.6),
+                      calib_samples=4, seqlen=32)
+    suite = FakeSuite([])
+    with scratch_dir(tmp_path / "off") as scratch:
+        runner = runner_for(cfg, tiny_lm_dir, suite, scratch, max_memory)
+        levels = {lv.label: lv for lv in cfg.levels}
+        order = [("magnitude", "0.3"), ("magnitude", "0.6"), ("magnitude", "0.3"), ("wanda", "0.6"), ("dense", None)]
+        for method, label in order:
+            runner.run(Point(method, levels.get(label), "ppl"))
+        for (method, label), seen in zip(order, suite.seen):
+            out = tiny_lm_dir if label is None else tmp_path / f"{method}-{label}"
+            if label is not None and not out.exists():
+                prune_checkpoint(str(tiny_lm_dir), out, cfg.prune_config(method, levels[label]))
+            ref = Checkpoint(out)
+            assert seen
+            for name, w in seen.items():
+                assert torch.equal(w.view(torch.uint8), ref.read(name).view(torch.uint8)), (method, label, name)
+
+
+@pytest.mark.parametrize("max_memory", [None, {"cpu": 0}], ids=["in-memory", "disk-offloaded"])
+def test_owl_levels_equal_prune_and_reuse_the_outlier_ratios(tiny_lm_dir, tmp_path, max_memory, monkeypatch):
+    """An OWL curve's later levels reuse the ratios scored at its first level (no second scoring pass) and
+    still equal `prune --allocation owl` byte for byte."""
+    import llmprune.engine as engine
+    import llmprune.prune as prune
+
+    cfg = SweepConfig(model="tiny", tasks=("ppl",), methods=("magnitude", "wanda"), sparsities=(0.3, 0.6),
+                      allocations=("uniform", "owl"), owl_m=3.0, calib_samples=4, seqlen=32)
+    assert [(p.curve, p.weights[1]) for p in plan(cfg)][-2:] == [("wanda+owl", "0.3"), ("wanda+owl", "0.6")]
+    suite = FakeSuite([])
+    levels = {lv.label: lv for lv in cfg.levels}
+    order = [("wanda", "0.6"), ("magnitude", "0.3"), ("wanda", "0.3"), ("magnitude", "0.6")]
+    with scratch_dir(tmp_path / "off") as scratch:
+        runner = runner_for(cfg, tiny_lm_dir, suite, scratch, max_memory)
+        records = [runner.run(Point(m, levels[label], "ppl", "owl")) for m, label in order[:2]]
+        with monkeypatch.context() as m:
+            m.setattr(engine, "dense_outlier_ratios", lambda *a, **k: pytest.fail("scored again"))
+            m.setattr(prune, "weight_allocation", lambda *a, **k: pytest.fail("scored again"))
+            records += [runner.run(Point(m_, levels[label], "ppl", "owl")) for m_, label in order[2:]]
+    assert [r["method"] for r in records] == ["wanda+owl", "magnitude+owl"] * 2
+    for (method, label), seen in zip(order, suite.seen):
+        out = tmp_path / f"{method}-owl-{label}"
+        prune_checkpoint(str(tiny_lm_dir), out, cfg.prune_config(method, levels[label], "owl"))
+        ref = Checkpoint(out)
+        assert json.loads((out / "run.json").read_text())["allocation"]["allocation"] == "owl"
+        for name, w in seen.items():
+            assert torch.equal(w.view(torch.uint8), ref.read(name).view(torch.uint8)), (method, label, name)
+
+
+def test_killed_sweep_resumes_without_recomputing(tiny_lm_dir, tmp_path):
     cfg = SweepConfig(model="tiny", tasks=("ppl",), sparsities=(0.0, 0.2, 0.4, 0.6, 0.8))
     first = []
     with pytest.raises(Crash):
-        run_sweep(model, cfg, ResultsLog(tmp_path, cfg.identity()), fake_evaluators(first, crash_after=3))
+        run_sweep(runner_for(cfg, tiny_lm_dir, FakeSuite(first, crash_after=3), tmp_path),
+                  cfg, ResultsLog(tmp_path, cfg.identity()))
     assert len(first) == 3  # dense, 0.2, 0.4
-    assert all((p != 0).all() for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2)  # restored
     with open(tmp_path / "results.jsonl", "a") as f:
         f.write('{"kind": "point", "method": "magn')  # torn line from a kill mid-write
     second = []
-    records = run_sweep(model, cfg, ResultsLog(tmp_path, cfg.identity()), fake_evaluators(second))
+    records = run_sweep(runner_for(cfg, tiny_lm_dir, FakeSuite(second), tmp_path), cfg, ResultsLog(tmp_path, cfg.identity()))
     assert len(second) == 2 and len(records) == 5  # only 0.6 and 0.8 computed
     _, again = read_results(tmp_path / "results.jsonl")
     assert [(r["level"], r["metrics"]["ppl"]) for r in again] == [(r["level"], r["metrics"]["ppl"]) for r in records]
     fresh = []
-    run_sweep(model, cfg, ResultsLog(tmp_path / "fresh", cfg.identity()), fake_evaluators(fresh))
+    run_sweep(runner_for(cfg, tiny_lm_dir, FakeSuite(fresh), tmp_path), cfg, ResultsLog(tmp_path / "fresh", cfg.identity()))
     assert sorted(first + second) == sorted(fresh)  # resumed == uninterrupted
     third = []
-    run_sweep(model, cfg, ResultsLog(tmp_path, cfg.identity()), fake_evaluators(third))
+    run_sweep(runner_for(cfg, tiny_lm_dir, FakeSuite(third), tmp_path), cfg, ResultsLog(tmp_path, cfg.identity()))
     assert third == []
+    assert [p.weights for p in plan(cfg)] == [("dense", "dense")] + [("magnitude", f"{s:g}") for s in (0.2, 0.4, 0.6, 0.8)]
 
 
 def test_results_from_another_sweep_are_refused(tmp_path):

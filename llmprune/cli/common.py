@@ -24,11 +24,12 @@ stderr = Console(stderr=True, soft_wrap=True)  # notices never break mid-phrase;
 
 
 @contextlib.contextmanager
-def progress(total: int, description: str):
-    """Yield a `step(name)` callback advancing a rich bar on stderr (one step per tensor or layer)."""
+def progress(total: int, description: str, console: Console | None = None):
+    """Yield a `step(name)` callback advancing a rich bar on stderr, or `console` (one step per tensor or layer)."""
+    console = console or stderr
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[item]}", style="dim"), TimeElapsedColumn(),
-                  console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=total, item="")
         yield lambda item="": bar.update(task, advance=1, item=str(item)[-48:])
 

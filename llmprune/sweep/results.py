@@ -41,6 +41,7 @@ class ResultsLog:
         self.path = self.dir / RESULTS
         self.identity = identity
         self.records: list[dict] = []
+        self.failures: list[dict] = []  # points that failed in this run (not written: a rerun retries them)
         if self.path.exists() and overwrite:
             self.path.unlink()
         if self.path.exists():
@@ -60,6 +61,30 @@ class ResultsLog:
             self._write_line(self._header)
         self._write_line({"kind": "point", **record})
         self.records.append(record)
+
+    def fail(self, failure: dict) -> None:
+        self.failures.append(failure)
+
+    def reorder_(self, keys: list[tuple[str, str, str]]) -> None:
+        """Rewrite the file with its points in `keys` order (others after, as they were), so it reads the same
+        whatever order parallel points finished in; temp name + rename, a no-op when already in order."""
+        if not self.path.exists():  # nothing scored yet (the header is written with the first point)
+            return
+        rank = {k: i for i, k in enumerate(keys)}
+        ordered = sorted(self.records, key=lambda r: rank.get(point_key(r["method"], r["level"], r["task"]), len(rank)))
+        head, on_disk = read_results(self.path)
+        if [point_key(r["method"], r["level"], r["task"]) for r in on_disk] == \
+                [point_key(r["method"], r["level"], r["task"]) for r in ordered]:
+            self.records = ordered
+            return
+        lines = [json.dumps(head, default=str)] + [json.dumps({"kind": "point", **r}, default=str) for r in ordered]
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self.records = ordered
 
     def _write_line(self, obj: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:

@@ -1,38 +1,35 @@
-"""Running a sweep: the dense model, then every (method, level) pruned in memory and scored on every task.
+"""Running a sweep: the dense model, then every (curve, level) pruned and scored on every task.
 
-The model is loaded once. A CPU copy of the prunable weights is kept, and each level starts by restoring it:
-magnitude with a global threshold (the paper's OMP) applies nested masks whose thresholds all come from one
-histogram pass (`levels.NestedMagnitude`); per-matrix magnitude scopes, N:M patterns, OWL allocations and
-the calibration methods (Wanda, SparseGPT) rerun `prune_model_` per level on the same calibration batch.
-Each allocation other than uniform is its own curve, labelled `<method>+<allocation>` (e.g. `wanda+owl`). Each finished
-point is appended to `results.jsonl` at once; points already there are skipped, so a killed sweep resumes.
+The model is loaded once (under `--max-memory`, with whatever does not fit offloaded by accelerate), and
+no copy of it is ever kept: each level's weights are written over the live ones from the checkpoint on
+disk (see `point.PointRunner`). The points are run in order: dense first, then every curve's levels in
+increasing sparsity, so global magnitude goes up its nested levels with thresholds all found in one pass,
+and an OWL curve scores the dense model's outlier ratios once, at its first level. A curve is a method
+with an allocation: each allocation other than uniform is its own curve, labelled `<method>+<allocation>`
+(e.g. `wanda+owl`).
+
+`plan` lists the points; `run_sweep` is the driver: it groups them into `Work`s (one (curve, level) with
+its pending tasks: pruned once, scored per task) and hands these to an executor (`executor.py`): in this
+process, one after another through one `PointRunner`, or each work a Ray task on a worker that loads the
+model once and keeps its own `PointRunner` (`remote.LoadAndRun`): one code path either way. The driver alone
+appends to `results.jsonl`, as each work finishes (points already there are skipped, so a killed sweep
+resumes), rewrites it in the grid's order at the end, and records the works that failed twice.
 """
 from __future__ import annotations
 
-import time
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import torch
-
 from ..config import ALLOCATIONS, PruneConfig, check_choice, check_sparsity, parse_pattern
-from ..allocation import Allocation
 from ..methods import get_method
 from ..errors import LlmpruneError
-from .levels import NestedMagnitude
+from .point import Level, Point, Work, curve_label
 from .results import DENSE, ResultsLog
 
+log = logging.getLogger(__name__)
+
 TASKS = ("ppl", "mmlu")
-Evaluator = Callable[[torch.nn.Module], dict]
-
-
-@dataclass(frozen=True)
-class Level:
-    """One grid point: an unstructured sparsity, or an N:M pattern (whose sparsity is 1 - N/M)."""
-
-    label: str
-    sparsity: float
-    pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,14 +93,14 @@ class SweepConfig:
     @property
     def variants(self) -> list[tuple[str, str, str]]:
         """(curve label, method, allocation) of every curve: `wanda` for uniform, `wanda+owl` for OWL."""
-        return [(m if a == "uniform" else f"{m}+{a}", m, a) for m in self.methods for a in self.allocations]
+        return [(curve_label(m, a), m, a) for m in self.methods for a in self.allocations]
 
     def prune_config(self, method: str, level: Level, allocation: str = "uniform") -> PruneConfig:
         return PruneConfig(method=method, sparsity=level.sparsity if level.pattern is None else 0.5,
                            pattern=parse_pattern(level.pattern), scope=self.scope, include=self.include,
                            exclude=self.exclude, calib=self.calib, calib_samples=self.calib_samples,
                            seqlen=self.seqlen, seed=self.seed, allocation=allocation, owl_m=self.owl_m,
-                           owl_lambda=self.owl_lambda)
+                           owl_lambda=self.owl_lambda, extra=dict(self.extra))
 
     def identity(self) -> dict:
         """Settings that change a point's score; methods, levels and tasks may grow between runs."""
@@ -118,106 +115,69 @@ class SweepConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-def prepare_mmlu(cfg: SweepConfig):
-    """Read and check the MMLU questions (before any weights load); returns lm-eval's TaskManager or None."""
-    if "mmlu" not in cfg.tasks:
-        return None
-    from ..eval.lmeval import task_manager
-    from ..eval.mmlu import load_questions, select, write_task_dir
+def suite_config(cfg: SweepConfig):
+    """The evaluation suite's settings for a sweep (the same suite `eval` runs)."""
+    from ..eval.suite import SuiteConfig
 
-    folder = write_task_dir(select(load_questions(cfg.mmlu_data), list(cfg.subjects) or None))
-    return task_manager(folder, include_defaults=False)
+    return SuiteConfig(tasks=cfg.tasks, limit=cfg.limit, ppl_windows=cfg.ppl_windows, ppl_data=cfg.ppl_data,
+                       mmlu_data=cfg.mmlu_data, subjects=cfg.subjects, batch_size=cfg.batch_size, seqlen=cfg.seqlen)
 
 
-def default_evaluators(cfg: SweepConfig, tokenizer, mmlu_manager=None) -> dict[str, Evaluator]:
-    """task -> function(model) -> metrics, for the tasks of `cfg` (texts and questions read once)."""
-    out: dict[str, Evaluator] = {}
-    if "ppl" in cfg.tasks:
-        from ..data import load_text
-        from ..eval.ppl import perplexity
-
-        text = load_text(cfg.ppl_data, "test")
-        windows = cfg.ppl_windows if cfg.ppl_windows is not None else cfg.limit
-        out["ppl"] = lambda m: perplexity(m, tokenizer, text, seqlen=cfg.seqlen, batch_size=cfg.batch_size,
-                                          max_windows=windows).to_json()
-    if "mmlu" in cfg.tasks:
-        from ..eval.lmeval import run_tasks
-        from ..eval.mmlu import summarize
-
-        manager = mmlu_manager or prepare_mmlu(cfg)
-        out["mmlu"] = lambda m: _without_subjects(summarize(run_tasks(
-            m, tokenizer, ["mmlu"], limit=cfg.limit, num_fewshot=0, batch_size=cfg.batch_size, manager=manager)))
-    return out
+def plan(cfg: SweepConfig, done=()) -> list[Point]:
+    """Every point of the sweep not in `done` (keys (curve, level label, task)), in running order."""
+    points = [Point(DENSE, None, t) for t in cfg.tasks]
+    points += [Point(m, lv, t, a) for _, m, a in cfg.variants for lv in cfg.levels for t in cfg.tasks]
+    return [p for p in points if (*p.weights, p.task) not in done]
 
 
-def _without_subjects(summary: dict) -> dict:
-    summary["subjects"] = {s: {"accuracy": v["accuracy"], "questions": v["questions"]} for s, v in summary["subjects"].items()}
-    return summary
+def grid_keys(cfg: SweepConfig) -> list[tuple[str, str, str]]:
+    """(curve, level, task) of every point of the grid, in the order `results.jsonl` lists them."""
+    return [(*p.weights, p.task) for p in plan(cfg)]
 
 
-def calibration_for(cfg: SweepConfig, tokenizer, context: int | None = None) -> torch.Tensor | None:
-    """The one calibration batch every calibrated level reuses (None when only magnitude runs)."""
-    if not any(get_method(m).calibrated for m in cfg.methods):
-        return None
-    from .. import calib
+def works(points: list[Point]) -> list[Work]:
+    """`points` grouped by the weights they score (in their order): what an executor hands out."""
+    groups: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        groups.setdefault(p.weights, []).append(p)
+    return [Work(tuple(g)) for g in groups.values()]
 
-    return calib.calibration_for(tokenizer, cfg, context)
 
+def run_sweep(runner, cfg: SweepConfig, results: ResultsLog, on_point: Callable[[dict], None] | None = None,
+              executor=None) -> list[dict]:
+    """Score every point of `cfg` not yet in `results`; returns all of its records (works that failed twice
+    are in `results.failures`, the others still run).
 
-def run_sweep(model: torch.nn.Module, cfg: SweepConfig, log: ResultsLog, evaluators: dict[str, Evaluator],
-              calib: torch.Tensor | None = None, on_point: Callable[[dict], None] | None = None) -> list[dict]:
-    """Score the dense model and every (method, level) not yet in `log`; returns all of log's records.
+    `runner`: a `PointRunner` on a model loaded here, or a `remote.LoadAndRun` for workers that load it
+    themselves; `executor`: a `LocalExecutor` (the default) or `RayExecutor`. A local runner's model is left
+    holding the last point's weights (`runner.state`)."""
+    from .executor import LocalExecutor
 
-    The model is pruned in place level after level and restored to dense at the end (also on error).
-    """
-    from ..arch import Selector, arch_for
+    points = plan(cfg, results.done)
+    runner.prepare(points)  # e.g. the calibration batch: a bad source fails before any result is written
 
-    done = log.done
-
-    def score(method: str, level: Level | None, actual: float, prune_s: float, todo: list[str]) -> None:
-        for task in todo:
-            t0 = time.perf_counter()
-            metrics = evaluators[task](model)
-            record = {"method": method, "level": level.label if level else DENSE,
-                      "sparsity": level.sparsity if level else 0.0, "actual_sparsity": actual, "task": task,
-                      "metrics": metrics, "seconds": {"prune": prune_s, "eval": time.perf_counter() - t0},
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            log.append(record)
-            prune_s = 0.0  # charged to the level's first task only
+    def done(outcome) -> None:
+        if not outcome.ok:
+            work = outcome.item
+            log.warning("%s failed after %d attempt(s): %s", work, outcome.attempts, outcome.error)
+            results.fail({"method": work.curve, "level": work.level, "tasks": list(work.tasks),
+                          "error": outcome.error, "attempts": outcome.attempts})
+            return
+        for record in outcome.value:
+            results.append(record)
             if on_point:
                 on_point(record)
 
-    score(DENSE, None, 0.0, 0.0, [t for t in cfg.tasks if (DENSE, DENSE, t) not in done])
-    todo = {(label, m, a, lv): [t for t in cfg.tasks if (label, lv.label, t) not in done]
-            for label, m, a in cfg.variants for lv in cfg.levels}
-    todo = {k: v for k, v in todo.items() if v}
-    if not todo:
-        return log.records
-    select = Selector(arch_for(model.config), cfg.include, cfg.exclude)
-    params = {n: p.data for n, p in model.named_parameters() if select(n, tuple(p.shape))}
-    if not params:
-        raise LlmpruneError("No prunable weights matched: check --include/--exclude (regexes on tensor names).")
-    # a global scope is one exact |W| threshold over the model (magnitude's OMP): nested masks, one histogram
-    nested = {k: cfg.prune_config(k[1], k[3], k[2]).scope == "global" and k[3].pattern is None for k in todo}
-    t0 = time.perf_counter()
-    weights = NestedMagnitude(params, [k[3].sparsity for k in todo if nested[k]])  # the CPU copy; nested thresholds
-    setup_s = time.perf_counter() - t0
-    outliers = {}  # method -> its OWL allocation at an earlier level: the dense model's outlier ratios, reused
-    try:
-        for (label, method, allocation, level), tasks in todo.items():
-            t0 = time.perf_counter()
-            if nested[(label, method, allocation, level)]:
-                actual = weights.apply_(level.sparsity)
-            else:
-                from ..prune import prune_model_
+    (executor or LocalExecutor()).run(runner.run_work, works(points), done)
+    results.reorder_(grid_keys(cfg))
+    return results.records
 
-                weights.restore_()
-                summary = prune_model_(model, cfg.prune_config(method, level, allocation), calib, outliers=outliers.get(method))
-                if "allocation" in summary:
-                    outliers[method] = Allocation.from_json(summary["allocation"])
-                actual = summary["global"]["sparsity"]
-            score(label, level, actual, time.perf_counter() - t0 + setup_s, tasks)
-            setup_s = 0.0
-    finally:
-        weights.restore_()
-    return log.records
+
+def failure_message(failures: list[dict], path) -> str:
+    """One line naming the points that failed (grouped by error) and how to retry just them."""
+    by_error: dict[str, list[str]] = {}
+    for f in failures:
+        by_error.setdefault(f["error"], []).append(DENSE if f["method"] == DENSE else f"{f['method']} {f['level']}")
+    shown = "; ".join(f"{', '.join(points)}: {error}" for error, points in by_error.items())
+    return (f"{len(failures)} point{'s' if len(failures) > 1 else ''} failed ({shown}); the others are in {path}. "
+            "Rerun the same command to retry only the missing points.")
