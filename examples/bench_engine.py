@@ -103,7 +103,7 @@ def calib_for(src: Path, samples: int, seqlen: int) -> torch.Tensor:
 def stream_prune(src: Path, out: Path, method: str, pattern: str | None, sparsity: float, calib: torch.Tensor) -> dict:
     from llmprune.arch import Selector, arch_for
     from llmprune.config import PruneConfig, parse_pattern
-    from llmprune.engine import prune_calibrated
+    from llmprune.streaming import prune_calibrated
     from llmprune.io import Checkpoint
 
     cfg = PruneConfig(method=method, sparsity=sparsity, pattern=parse_pattern(pattern), seqlen=calib.shape[1],

@@ -158,7 +158,7 @@ def prune_loaded_(model: nn.Module, source: Path, cfg: PruneConfig, scratch: Pat
         if alloc.kind != "uniform":
             summary["allocation"] = alloc.to_json()
         return summary
-    from .engine import prune_calibrated
+    from .streaming import prune_calibrated
 
     out = Path(scratch) / f"pruned-{uuid.uuid4().hex[:8]}"
     try:

@@ -110,7 +110,7 @@ def _prune_checkpoint(model, out, cfg, *, overwrite, fmt, step) -> dict:
     select, names = prunable_names(ckpt, cfg)
     method = get_method(cfg.method)
     if method.calibrated:
-        from .engine import prune_calibrated  # the layer-by-layer engine
+        from .streaming import prune_calibrated  # the layer-by-layer engine, streamed
 
         return prune_calibrated(model, src, ckpt, select, names, out, cfg, overwrite=overwrite, fmt=fmt, step=step)
     timings = {"resolve": time.perf_counter() - t0}

@@ -1,6 +1,6 @@
 """What every run records in its run.json: versions, the resolved config, sizes, and the shards' metadata.
 
-Shared by the streaming magnitude prune (prune.py), the calibration engine (engine.py), sweeps, fine-tuning
+Shared by the streaming magnitude prune (prune.py), the calibration engine (engine.py, streaming.py), sweeps, fine-tuning
 and tickets; it imports none of them.
 """
 from __future__ import annotations

@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmprune.arch import Selector, arch_for
 from llmprune.config import NMPattern, PruneConfig
-from llmprune.engine import prune_calibrated, prune_model_calibrated_
+from llmprune.engine import prune_model_calibrated_
+from llmprune.streaming import prune_calibrated
 from llmprune.io import Checkpoint
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -15,7 +15,8 @@ import transformers
 
 from llmprune.arch import Selector, arch_for
 from llmprune.config import NMPattern, PruneConfig
-from llmprune.engine import find_layers, model_inputs, prune_calibrated, prune_model_calibrated_
+from llmprune.engine import find_layers, model_inputs, prune_model_calibrated_
+from llmprune.streaming import prune_calibrated
 from llmprune.io import Checkpoint
 from llmprune.methods.sparsegpt import HessianStats, sparsegpt_prune
 from llmprune.methods.wanda import ActNormStats, wanda_prune

@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from llmprune.allocation import Allocation
 from llmprune.arch import Selector, arch_for
 from llmprune.config import PruneConfig, parse_pattern
-from llmprune.engine import prune_calibrated, prune_model_calibrated_
+from llmprune.engine import prune_model_calibrated_
+from llmprune.streaming import prune_calibrated
 from llmprune.errors import LlmpruneError
 from llmprune.io import Checkpoint
 from llmprune.methods.owl import outlier_ratio, outlier_score, owl_sparsities
@@ -196,9 +197,9 @@ def test_resume_reuses_the_first_pass(tmp_path, monkeypatch):
     with pytest.raises(Killed):
         stream(src, tmp_path / "out", cfg, on_layer=kill_after_1)
     assert (tmp_path / "out.partial" / "engine" / "allocation.json").exists()
-    import llmprune.engine as engine
+    import llmprune.streaming as streaming
 
-    monkeypatch.setattr(engine, "dense_outlier_ratios", lambda *a, **k: pytest.fail("first pass rerun"))
+    monkeypatch.setattr(streaming, "dense_outlier_ratios", lambda *a, **k: pytest.fail("first pass rerun"))
     rec = stream(src, tmp_path / "out", cfg)
     assert rec["resumed_after_layer"] == 1
     a, b = Checkpoint(tmp_path / "ref"), Checkpoint(tmp_path / "out")

@@ -105,6 +105,7 @@ def test_owl_levels_equal_prune_and_reuse_the_outlier_ratios(tiny_lm_dir, tmp_pa
     still equal `prune --allocation owl` byte for byte."""
     import llmprune.engine as engine
     import llmprune.prune as prune
+    import llmprune.streaming as streaming
 
     cfg = SweepConfig(model="tiny", tasks=("ppl",), methods=("magnitude", "wanda"), sparsities=(0.3, 0.6),
                       allocations=("uniform", "owl"), owl_m=3.0, calib_samples=4, seqlen=32)
@@ -117,6 +118,7 @@ def test_owl_levels_equal_prune_and_reuse_the_outlier_ratios(tiny_lm_dir, tmp_pa
         records = [runner.run(Point(m, levels[label], "ppl", "owl")) for m, label in order[:2]]
         with monkeypatch.context() as m:
             m.setattr(engine, "dense_outlier_ratios", lambda *a, **k: pytest.fail("scored again"))
+            m.setattr(streaming, "dense_outlier_ratios", lambda *a, **k: pytest.fail("scored again"))
             m.setattr(prune, "weight_allocation", lambda *a, **k: pytest.fail("scored again"))
             records += [runner.run(Point(m_, levels[label], "ppl", "owl")) for m_, label in order[2:]]
     assert [r["method"] for r in records] == ["wanda+owl", "magnitude+owl"] * 2

@@ -3,7 +3,7 @@
 A method names the statistic of a layer's inputs it needs (`stats`: "none", "act_norms" or "hessian") and
 provides `prune(weight, stats, spec) -> new weight`, the same arguments for all: the (out, in) weight, the
 statistics object collected for that weight's inputs (None for "none"), and a `LayerSpec`. The callers
-(prune.py for data-free methods, engine.py for calibrated ones) dispatch on these fields only, never on a
+(prune.py for data-free methods, engine.py and streaming.py for calibrated ones) dispatch on these fields only, never on a
 method's name; the registry (`methods/__init__.py`) lists the methods.
 """
 from __future__ import annotations

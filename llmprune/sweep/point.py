@@ -154,7 +154,7 @@ class PointRunner:
         """The one calibration batch every calibrated level reuses (its source, size and seed are the sweep's,
         the same at every level), drawn once: what `prune` draws for `pcfg`."""
         if self._calib is None:
-            from ..engine import calibration_ids
+            from ..streaming import calibration_ids
 
             self._calib = calibration_ids(self.loaded.source, Checkpoint(self.loaded.source), pcfg)
         return self._calib

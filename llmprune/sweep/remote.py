@@ -43,7 +43,7 @@ class LoadAndRun:
     def prepare(self, points: list[Point]) -> None:
         """On the driver: draw the calibration batch once, as the workers will, so that a bad calibration
         source fails before any work is handed out (the model itself is not loaded here)."""
-        from ..engine import calibration_ids
+        from ..streaming import calibration_ids
         from ..methods import get_method
 
         for p in points:
