@@ -26,19 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_prune import PEAK_RSS, build_synthetic, import_rss  # noqa: E402
-
-
-def byte_tokenizer():
-    """A real fast tokenizer over the 256 byte symbols (ids < the synthetic model's vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=alphabet[10], pad_token=alphabet[0])
+from tiny import byte_tokenizer  # noqa: E402  (the test models' byte-level tokenizer)
 
 
 def synthetic_lm(path: Path) -> Path:
