@@ -1,16 +1,18 @@
 """Calibrated pruning speed and memory on SmolLM2-135M: the recipe of the reference-code comparison.
 
-    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--baseline OLD] [--json out.json]
+    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--baseline OLD] [--no-reference]
+        [--json out.json]
 
 Recipe: fp32, 32 x 512 calibration tokens from the pydoc "train" split (seed 0), 50% unstructured, streamed
 by `llmprune prune`. Each run is a fresh process; reported: prune time (run.json), its per-phase profile,
-user and system CPU time, minor page faults, peak RSS of the process, and the perplexity of the output
-(first 20 windows of 512 of the pydoc "test" split). A dense baseline measured in the same run (one forward
-of the 32 x 512 batch through the dense model, same thread count) shows machine drift against the
-reference figures below, which were measured on a quiet machine of this kind with the reference code
-(wanda / sparsegpt repositories, same recipe). The dense baseline's peak RSS (the fp32 model loaded whole
-and one forward) is a floor for the reference code, which holds the same model plus its activations and
-statistics: peak RSS is reported as a ratio to it.
+the process's wall time, user and system CPU time, minor page faults, peak RSS, and the perplexity of the
+output (first 20 windows of 512 of the pydoc "test" split).
+
+The baseline, run in the same session with the same threads: the reference drivers' procedure
+(`reference_drivers.py`: whole model loaded, batch-1 forwards, one statistic per linear), timed the same
+way and its output scored the same way. Its prune span leaves out model loading and data, so the process
+wall times are compared too. Also measured: one dense forward of the 32 x 512 batch (machine drift), and
+the figures the issue quotes for the reference code on another machine (REFERENCE_S, for context only).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REFERENCE_S = {("wanda", 1): 73.7, ("wanda", 2): 37.8, ("sparsegpt", 1): 121.8, ("sparsegpt", 2): 70.9}
@@ -29,19 +32,21 @@ CLI = [sys.executable, "-c", "from llmprune.cli import main; main()"]
 
 def run_measured(cmd: list[str], threads: int, tree: str | None = None) -> tuple[str, dict]:
     """Run a command with `threads` intra-op threads (and llmprune imported from `tree` when given); its
-    stdout, and its peak RSS, CPU time and faults."""
+    stdout, and its wall time, peak RSS, CPU time and faults."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if tree:
         env["PYTHONPATH"] = tree
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # (no pipe to fill up)
+        t = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
         _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
         proc.returncode = code = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()
     if code:
         raise SystemExit(f"{' '.join(cmd[3:])} failed ({code}):\n{stderr[-2000:]}")
-    return stdout, {"peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 2),
+    return stdout, {"process_s": round(wall, 1), "peak_rss_mb": round(ru.ru_maxrss / 1024, 1), "user_s": round(ru.ru_utime, 2),
                     "system_s": round(ru.ru_stime, 2), "minor_faults": ru.ru_minflt}
 
 
@@ -50,11 +55,23 @@ def prune_and_score(src: str, dst: Path, method: str, threads: int, windows: int
     _, usage = run_measured(CLI + ["prune", src, "--method", method, "--sparsity", "0.5", "--calib-samples", "32",
                                    "--seqlen", "512", "-o", str(dst), "--overwrite"], threads, tree)
     timings = json.loads((dst / "run.json").read_text())["timings"]
-    out, _ = run_measured(CLI + ["eval", "ppl", str(dst), "--seqlen", "512", "--limit", str(windows), "--json"], threads)
-    shutil.rmtree(dst)
-    return {"prune_s": round(timings["total"], 1), "ppl": round(json.loads(out)["tasks"]["ppl"]["ppl"], 3), **usage,
+    return {"prune_s": round(timings["total"], 1), "ppl": score(dst, threads, windows), **usage,
             "system_fraction": round(usage["system_s"] / max(usage["user_s"] + usage["system_s"], 1e-9), 3),
             "profile": timings.get("profile")}
+
+
+def reference_and_score(src: str, dst: Path, method: str, threads: int, windows: int) -> dict:
+    """The reference drivers' procedure on the recipe (examples/reference_drivers.py), its output scored."""
+    out, usage = run_measured([sys.executable, str(Path(__file__).with_name("reference_drivers.py")), src,
+                               "--method", method, "--samples", "32", "--seqlen", "512", "-o", str(dst)], threads)
+    row = json.loads(out.strip().splitlines()[-1])
+    return {"prune_s": row["prune_s"], "phases_s": row["phases_s"], "ppl": score(dst, threads, windows), **usage}
+
+
+def score(dst: Path, threads: int, windows: int) -> float:
+    out, _ = run_measured(CLI + ["eval", "ppl", str(dst), "--seqlen", "512", "--limit", str(windows), "--json"], threads)
+    shutil.rmtree(dst)
+    return round(json.loads(out)["tasks"]["ppl"]["ppl"], 3)
 
 
 DENSE = """
@@ -81,6 +98,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--baseline", help="a checkout of an earlier llmprune (e.g. `git worktree add /tmp/old REV`): "
                                        "each point is also pruned with it, in the same session")
+    ap.add_argument("--no-reference", action="store_true", help="skip the reference drivers' runs")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     from llmprune.models import resolve_model
@@ -93,20 +111,28 @@ def main() -> None:
             out, dense_usage = run_measured([sys.executable, "-c", DENSE, src], threads)
             dense = json.loads(out.strip().splitlines()[-1])["dense_forward_s"]
             for method in args.methods:
-                ref = REFERENCE_S.get((method, threads))
-                row = {"method": method, "threads": threads, "reference_s": ref, "dense_forward_s": round(dense, 2),
-                       "dense_peak_rss_mb": dense_usage["peak_rss_mb"],
+                row = {"method": method, "threads": threads, "dense_forward_s": round(dense, 2),
+                       "dense_peak_rss_mb": dense_usage["peak_rss_mb"], "issue_reference_s": REFERENCE_S.get((method, threads)),
                        **prune_and_score(src, work / "out", method, threads, args.windows)}
-                row["ratio_to_reference"] = round(row["prune_s"] / ref, 3) if ref else None
+                ref = row["reference"] = None if args.no_reference else \
+                    reference_and_score(src, work / "ref", method, threads, args.windows)
+                if ref:
+                    for key in ("prune_s", "process_s", "peak_rss_mb"):
+                        row[f"{key}_vs_reference"] = round(row[key] / ref[key], 3)
                 row["rss_vs_dense_model"] = round(row["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3)
                 if args.baseline:
                     row["baseline"] = prune_and_score(src, work / "out", method, threads, args.windows, args.baseline)
                     row["ratio_to_baseline"] = round(row["prune_s"] / row["baseline"]["prune_s"], 3)
                 rows.append(row)
-                print(f"{method:9s} threads={threads}  prune {row['prune_s']:6.1f} s  (reference {ref} s, "
-                      f"x{row['ratio_to_reference']})  peak RSS {row['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the "
-                      f"dense model's {dense_usage['peak_rss_mb']} MB)  user {row['user_s']} s  sys {row['system_s']} s  "
+                print(f"{method:9s} threads={threads}  prune {row['prune_s']:6.1f} s  process {row['process_s']} s  "
+                      f"peak RSS {row['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the dense model's "
+                      f"{dense_usage['peak_rss_mb']} MB)  user {row['user_s']} s  sys {row['system_s']} s  "
                       f"ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s", flush=True)
+                if ref:
+                    print(f"   reference drivers: prune {ref['prune_s']} s (x{row['prune_s_vs_reference']})  process "
+                          f"{ref['process_s']} s (x{row['process_s_vs_reference']})  peak RSS {ref['peak_rss_mb']} MB "
+                          f"(x{row['peak_rss_mb_vs_reference']})  user {ref['user_s']} s  sys {ref['system_s']} s  "
+                          f"ppl {ref['ppl']}  phases {json.dumps(ref['phases_s'])}", flush=True)
                 if args.baseline:
                     b = row["baseline"]
                     print(f"   baseline: prune {b['prune_s']} s (new/baseline x{row['ratio_to_baseline']})  peak RSS "

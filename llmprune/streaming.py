@@ -24,7 +24,7 @@ from .arch import arch_for
 from .calib import calibration_for, context_length, describe_batch
 from .config import PruneConfig
 from .engine import (LayerInputs, batch_size_for, capture_inputs, check_method, dense_outlier_ratios, find_layers,
-                     prune_layer_, resolve_device, run_layer, selected_linears)
+                     forward_layer_, prune_layer_, resolve_device, selected_linears)
 from .errors import LlmpruneError
 from .memory import return_free_pages, reuse_freed_memory
 from .profile import Phases
@@ -91,8 +91,7 @@ def replay_(inputs: LayerInputs, layers, layers_path: str, state: WorkState, sta
     for i in range(start):
         prefix = f"{layers_path}.{i}"
         materialise_(layers[i], prefix, _SavedLayer(state.read_layer(i)), name_of, skeleton, device)
-        for sl, x, args, kwargs in inputs.iter_chunks(device, i):
-            inputs.hidden[sl] = run_layer(layers[i], x, args, kwargs).to(inputs.hidden.device, inputs.hidden.dtype)
+        forward_layer_(layers[i], i, inputs, device)
         free_(layers[i])
 
 
@@ -201,7 +200,8 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
                     names = {leaf: name_of(f"{prefix}.{leaf}.weight") for leaf in linears}
                     zeros_before = {names[leaf]: m.weight.numel() - int(torch.count_nonzero(m.weight))
                                     for leaf, m in linears.items()}
-                prune_layer_(layer, i, linears, names, inputs, cfg, device, step, phases, alloc.sparsity(i))
+                prune_layer_(layer, i, linears, names, inputs, cfg, device, step, phases, alloc.sparsity(i),
+                             rerun=i < len(layers) - 1)
                 with phases("save"):  # the write itself runs on a thread while the next layer computes
                     tensors = {}
                     for key, v in layer.state_dict().items():

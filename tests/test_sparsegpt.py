@@ -160,3 +160,36 @@ def test_real_layer_sparsegpt_beats_wanda_beats_magnitude(smollm2_dir):
             e = [recon_error(W, p, x) for p in (mag, wanda_prune(W, act, 0.5, pattern=pattern),
                                                  sparsegpt_prune(W, H, 0.5, pattern=pattern))]
             assert e[2] < e[1] < e[0], (n, pattern, e)
+
+
+def test_hessian_upper_blocks_mirror_to_the_full_product():
+    """H is accumulated only on and above the diagonal blocks; read back it is the full symmetric 2/N X^T X,
+    also after more batches arrive once it was read."""
+    x = correlated_inputs(tokens=900, d=300)  # 300 = 2 blocks of 128 and a partial one
+    h = HessianStats(300)
+    h.add_(x[:400])
+    assert torch.allclose(h.H, 2 * x[:400].T @ x[:400] / 400, rtol=1e-4, atol=1e-3)
+    h.add_(x[400:])
+    assert torch.allclose(h.H, h.H.T, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(h.H, 2 * x.T @ x / 900, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("pattern,scope", [(None, "layer"), (None, "row"), (P24, "layer")])
+def test_shared_solve_equals_one_solve_per_weight(pattern, scope):
+    """q/k/v (or gate/up) share one Hessian: stacked into one solve, each weight keeps its own count and mask."""
+    from llmprune.methods.base import LayerSpec
+    from llmprune.methods.sparsegpt import prune_shared
+
+    x = correlated_inputs(d=256)
+    h = HessianStats(256)
+    h.add_(x)
+    g = torch.Generator().manual_seed(3)
+    weights = [torch.randn(rows, 256, generator=g) * s for rows, s in ((96, 1.0), (32, 3.0), (40, 0.2))]
+    specs = [LayerSpec(0.55, pattern, scope, f"w{i}") for i in range(3)]
+    together = prune_shared(weights, h, specs)
+    for w, spec, got in zip(weights, specs, together):
+        alone = sparsegpt_prune(w, h.H, spec.sparsity, pattern=pattern, scope=scope)
+        assert torch.equal(got == 0, alone == 0), spec.name
+        assert torch.allclose(got, alone, atol=1e-5, rtol=1e-4), spec.name
+        if pattern is None and scope == "layer":
+            assert int((got == 0).sum()) == round(0.55 * w.numel())

@@ -38,6 +38,9 @@ class Method:
     stats: str
     prune: Callable[[torch.Tensor, object, LayerSpec], torch.Tensor]
     scopes: tuple[str, ...]
+    # optional: prune several weights that read the same inputs (q/k/v, gate/up: one statistics object) in
+    # one go, with the results of `prune` on each; the engine calls it where a layer has such a group
+    prune_shared: Callable[[list[torch.Tensor], object, list[LayerSpec]], list[torch.Tensor]] | None = None
 
     def __post_init__(self):
         if self.stats not in STATS_KINDS:
