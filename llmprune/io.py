@@ -172,6 +172,17 @@ class Checkpoint:
             return dense_weight(parts)
         return self._read_raw(name, buffer)
 
+    def read_mapped(self, name: str) -> torch.Tensor:
+        """A plain safetensors tensor backed by a private mapping of its file: only the pages a computation
+        touches become resident (an embedding looked up for a few thousand tokens), writes stay private.
+        Anything else (packed, .bin, unaligned, truncated) is `read`."""
+        info = self.infos[name]
+        if (info.packed or info.file.suffix != ".safetensors" or info.start % info.dtype.itemsize
+                or info.end <= info.start or info.end > info.file.stat().st_size):
+            return self.read(name)
+        whole = torch.from_file(str(info.file), shared=False, size=info.end, dtype=torch.uint8)
+        return whole[info.start:info.end].view(info.dtype).reshape(info.shape)
+
     def _read_raw(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         info = self.raw[name]
         if info.file.suffix != ".safetensors":

@@ -69,11 +69,14 @@ def build_skeleton(src: Path, config: dict, dtype: torch.dtype) -> nn.Module:
 
 @torch.no_grad()
 def materialise_(module: nn.Module, prefix: str, ckpt, name_of: NameMap, root: nn.Module, device,
-                 recurse: bool = True) -> None:
+                 recurse: bool = True, mapped: bool = False) -> None:
     """Give `module` real tensors on `device`: checkpoint values, or the model's own init for non-persistent buffers.
 
     A tensor read from the checkpoint becomes the parameter itself (no second copy) when dtype and device match.
+    `mapped`: read-only use where a computation touches a small part of a tensor (an embedding's rows): the
+    checkpoint's `read_mapped` where it has one, so only the touched pages become resident.
     """
+    read = getattr(ckpt, "read_mapped", ckpt.read) if mapped else ckpt.read
     for sub_name, sub in (module.named_modules() if recurse else [("", module)]):
         transient = [k for k, t in sub._buffers.items() if t is not None and k in sub._non_persistent_buffers_set]
         for key in transient:
@@ -88,7 +91,7 @@ def materialise_(module: nn.Module, prefix: str, ckpt, name_of: NameMap, root: n
                 name = name_of(full)
                 if name is None:
                     raise LlmpruneError(f"The checkpoint has no tensor for '{full}' of {type(root).__name__}.")
-                value = ckpt.read(name).to(device=device, dtype=t.dtype)
+                value = read(name).to(device=device, dtype=t.dtype)
                 if value.shape != t.shape:
                     raise LlmpruneError(f"'{name}' has shape {tuple(value.shape)} in the checkpoint but the model "
                                         f"expects {tuple(t.shape)}.")

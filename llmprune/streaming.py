@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size, device, place=None) -> LayerInputs:
-    """`capture_inputs` on the skeleton: modules outside the layer list are loaded when first called, then freed."""
+    """`capture_inputs` on the skeleton: modules outside the layer list are loaded when first called (mapped
+    from the checkpoint: of the embedding only the rows looked up become resident), then freed."""
     loaded = []
 
     def owns_tensors(mod):
@@ -44,7 +45,7 @@ def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size,
     def load_on_call(name):
         def hook(mod, args):
             if any(t is not None and t.is_meta for t in (*mod._parameters.values(), *mod._buffers.values())):
-                materialise_(mod, name, ckpt, name_of, model, device, recurse=False)
+                materialise_(mod, name, ckpt, name_of, model, device, recurse=False, mapped=True)
                 loaded.append(mod)
         return hook
 
@@ -61,7 +62,7 @@ def capture_streamed(model, layers_path, layers, ckpt, name_of, ids, batch_size,
             log.info("lazy loading failed (%s); loading all non-layer weights", str(e).splitlines()[0])
             for n, m in outside:
                 if any(t is not None and t.is_meta for t in (*m._parameters.values(), *m._buffers.values())):
-                    materialise_(m, n, ckpt, name_of, model, device, recurse=False)
+                    materialise_(m, n, ckpt, name_of, model, device, recurse=False, mapped=True)
                     loaded.append(m)
             return capture_inputs(model, layers, ids, batch_size, device, place)
     finally:
@@ -160,6 +161,7 @@ def prune_calibrated(model: str, src: Path, ckpt, select, names: list[str], out,
     t0 = time.perf_counter()
     device = resolve_device(cfg.extra.get("device"))
     ids = calib if calib is not None else calibration_ids(src, ckpt, cfg)
+    return_free_pages()  # (what the tokenizer held)
     dtype = ckpt.info(names[0]).dtype
     skeleton = build_skeleton(src, ckpt.config, dtype)
     layers_path, layers = find_layers(skeleton, arch_for(ckpt.config))

@@ -11,6 +11,7 @@ from llmprune.arch import Selector, arch_for
 from llmprune.config import NMPattern, PruneConfig
 from llmprune.engine import prune_model_calibrated_
 from llmprune.streaming import prune_calibrated
+from llmprune.errors import LlmpruneError
 from llmprune.io import Checkpoint
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -226,3 +227,20 @@ def test_unknown_activations_placement(tmp_path):
     cfg = PruneConfig(method="wanda", sparsity=0.5, extra={"activations": "gpu"})
     with pytest.raises(LlmpruneError, match="Available: auto, memory, disk"):
         stream(tiny_checkpoint(tmp_path), tmp_path / "out", cfg)
+
+
+def test_capture_maps_weights_and_reads_copies_otherwise(tmp_path):
+    """Modules outside the layers are mapped for the capture (only touched pages resident): the values equal
+    a plain read, writes stay private to the process, and a shard cut short falls back to `read`'s error."""
+    src = tiny_checkpoint(tmp_path)
+    ckpt = Checkpoint(src)
+    name = "model.embed_tokens.weight"
+    mapped = ckpt.read_mapped(name)
+    assert torch.equal(mapped, ckpt.read(name))
+    mapped.zero_()
+    assert not torch.equal(Checkpoint(src).read(name), mapped)  # (the file is untouched)
+    info = ckpt.infos[name]
+    with open(info.file, "r+b") as f:
+        f.truncate(info.end - 8)
+    with pytest.raises(LlmpruneError, match="Truncated"):  # (cut after the checkpoint was opened)
+        ckpt.read_mapped(name)

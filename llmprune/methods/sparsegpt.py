@@ -13,6 +13,7 @@ new weight. Everything is computed in fp32 on the weight's device.
 from __future__ import annotations
 
 import logging
+from itertools import accumulate
 
 import torch
 
@@ -23,8 +24,6 @@ from .masks import check_finite, nm_mask, row_mask, smallest_k_mask
 log = logging.getLogger(__name__)
 
 MAX_DAMP_TRIES = 8  # percdamp 0.01 -> up to 1e5 x the mean diagonal before giving up
-
-
 HESSIAN_BLOCK = 128  # rows of H per GEMM: only the blocks on or above the diagonal are computed
 
 
@@ -127,7 +126,7 @@ def sparsegpt_prune(
     H[dead, dead] = 1.0
     U = _upper_cholesky_of_inverse(H, percdamp, name)  # (in, in), upper
     d_all = torch.diagonal(U)  # (in,)
-    ends = torch.tensor(rows or [out_features]).cumsum(0).tolist()
+    ends = list(accumulate(rows or [out_features]))
     spans = list(zip([0] + ends[:-1], ends))  # each stacked weight's rows
 
     for i1 in range(0, in_features, blocksize):
