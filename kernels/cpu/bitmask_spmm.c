@@ -5,13 +5,16 @@
  *   bitmask      int32 (out, words)      bit j of word c of row r set <=> column 32c+j kept
  *   row_offsets  int64 (out + 1)         row r's values start at values[row_offsets[r]]
  *   bias         fp32 (out) or NULL
- * or, with dense = 1, a plain (out, in) bf16/fp16 matrix (row r at values + r * in) read through one shared
+ * nm24 = 1 marks a 2:4 weight (in a multiple of 32): every mask byte keeps 4 values, so the AVX2 path finds
+ * them at fixed offsets instead of popcounts (the Python side checks the pattern once, when it plans).
+ * Or, with dense = 1, a plain (out, in) bf16/fp16 matrix (row r at values + r * in) read through one shared
  * mask row (all ones, pad bits 0): the same decode runs dense layers such as a tied lm_head.
  *
  * One call, `llmprune_linear`, takes x (b, in) in fp32, bf16 or fp16 (b in 1..8) and writes y (b, out) in
  * fp32, bf16 or fp16, accumulating in fp32 and rounding once (bias added in fp32). x is converted and
  * zero-padded to whole words once per call into a buffer owned by the calling thread and kept between
- * calls (no allocation per call). Output rows are split across OpenMP threads (the runtime torch uses, so
+ * calls (no allocation per call). `llmprune_linear_group` does the same for up to 8 weights that read one
+ * x (q/k/v, gate/up): one x conversion and one parallel region for all of them. Output rows are split across OpenMP threads (the runtime torch uses, so
  * one thread pool) by equal bytes of weight, not equal rows: unstructured masks from global pruning give
  * rows of very different lengths.
  *
@@ -34,9 +37,9 @@
 #endif
 
 #define MAXB 8
-/* Kept values are prefetched this many elements (4 KiB) ahead: the load addresses hang on popcounts of
+/* Kept values are prefetched this many elements (8 KiB of bf16) ahead: the load addresses hang on popcounts of
  * the mask, which hides the stream from the hardware prefetcher; prefetching makes large layers ~3x faster. */
-#define PREFETCH_AHEAD 2048
+#define PREFETCH_AHEAD 4096
 /* A thread gets at least this many weights of work, else waking it costs more than it saves. */
 #define MIN_WEIGHTS_PER_THREAD 65536
 
@@ -50,6 +53,7 @@ typedef struct {
     const float *bias;          /* NULL: no bias */
     int64_t out, in, words, nnz;
     int32_t is_fp16, dense;
+    int32_t nm24;  /* 1: every 4 columns keep exactly 2 and in % 32 == 0, so word c's values start at 16c */
 } llmprune_weight;
 
 typedef struct {  /* where rows land: y (b, out) of dtype ydt */
@@ -374,7 +378,7 @@ static inline float hsum256(__m256 a) {
  * the FMA latency is hidden behind the four byte groups of a word. */
 __attribute__((target(AVX2_TARGET), always_inline))
 static inline void row_avx2(const uint16_t *v, const int32_t *mrow, int64_t words, const float *x, int64_t ld,
-                            const int B, float *acc_out, const int is_fp16, const int tail) {
+                            const int B, float *acc_out, const int is_fp16, const int tail, const int nm24) {
     enum { NA_MAX = 4 };
     const int NA = B == 1 ? 4 : (B <= 4 ? 2 : 1);
     __m256 acc[MAXB][NA_MAX];
@@ -382,11 +386,17 @@ static inline void row_avx2(const uint16_t *v, const int32_t *mrow, int64_t word
         for (int a = 0; a < NA; a++) acc[k][a] = _mm256_setzero_ps();
     for (int64_t c = 0; c < words; c++) {
         uint32_t m = (uint32_t)mrow[c];
-        if (!m) continue;
+        if (!nm24 && !m) continue;
         __builtin_prefetch(v + PREFETCH_AHEAD);
-        const uint16_t *vq[4] = {v, v + __builtin_popcount(m & 0xFFu), v + __builtin_popcount(m & 0xFFFFu),
-                                 v + __builtin_popcount(m & 0xFFFFFFu)};
-        v += __builtin_popcount(m);
+        const uint16_t *vq[4];
+        if (nm24) {  /* 4 values per byte: fixed offsets, no popcounts */
+            vq[0] = v; vq[1] = v + 4; vq[2] = v + 8; vq[3] = v + 12;
+            v += 16;
+        } else {
+            vq[0] = v; vq[1] = v + __builtin_popcount(m & 0xFFu); vq[2] = v + __builtin_popcount(m & 0xFFFFu);
+            vq[3] = v + __builtin_popcount(m & 0xFFFFFFu);
+            v += __builtin_popcount(m);
+        }
         const float *xc = x + c * 32;
         for (int q = 0; q < 4; q++) {
             __m256 wq = expand8_avx2(vq[q], (m >> (8 * q)) & 0xFFu, is_fp16, tail);
@@ -405,8 +415,9 @@ static inline void row_avx2(const uint16_t *v, const int32_t *mrow, int64_t word
     do {                                                                                            \
         int64_t start = w->dense ? r * w->in : w->row_offsets[r];                                   \
         int64_t end = w->dense ? start + w->in : w->row_offsets[r + 1];                             \
-        if (end + 8 <= w->nnz) row_avx2(w->values + start, row_mask(w, r), w->words, x, ld, B, acc, fp16, 0); \
-        else row_avx2(w->values + start, row_mask(w, r), w->words, x, ld, B, acc, fp16, 1);         \
+        if (end + 8 > w->nnz) row_avx2(w->values + start, row_mask(w, r), w->words, x, ld, B, acc, fp16, 1, 0); \
+        else if (w->nm24) row_avx2(w->values + start, row_mask(w, r), w->words, x, ld, B, acc, fp16, 0, 1); \
+        else row_avx2(w->values + start, row_mask(w, r), w->words, x, ld, B, acc, fp16, 0, 0);      \
     } while (0)
 
 #define ROWS_AVX2(B)                                                                                \
@@ -485,11 +496,9 @@ static inline int64_t cost_before(const llmprune_weight *w, int64_t r) {
     return 2 * vals + r * (w->dense ? 64 : 4 * w->words + 64);
 }
 
-static int64_t split_row(const llmprune_weight *w, int64_t t, int64_t nt) {
-    if (t <= 0) return 0;
-    if (t >= nt) return w->out;
-    int64_t target = (int64_t)((double)cost_before(w, w->out) * (double)t / (double)nt);
-    int64_t lo = 0, hi = w->out;  /* smallest r with cost_before(r) >= target */
+/* The smallest row r with cost_before(r) >= target (0 < target < the weight's total cost). */
+static int64_t split_at(const llmprune_weight *w, int64_t target) {
+    int64_t lo = 0, hi = w->out;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo) / 2;
         if (cost_before(w, mid) < target) lo = mid + 1; else hi = mid;
@@ -497,22 +506,56 @@ static int64_t split_row(const llmprune_weight *w, int64_t t, int64_t nt) {
     return lo;
 }
 
-/* y = x @ W^T (+ bias). path: 0 generic, 1 AVX2, 2 AVX-512, 3 AVX-512 BF16 (bf16 x and bf16 W only; other
- * x or W run as path 2). xdt/ydt: 0 fp32, 1 bf16, 2 fp16; x (b, in) and y (b, out) contiguous.
+/* The rows of one thread's share of a group: weights 0..n-1 stacked, rows split by equal cost (bytes). */
+static void run_share(int path, const llmprune_weight *const *ws, const out_t *os, int n, const int64_t *start,
+                      int64_t lo, int64_t hi, const void *xp, int64_t b) {
+    for (int i = 0; i < n; i++) {  /* start[i]: cost before weight i; each weight's rows by binary search */
+        const llmprune_weight *w = ws[i];
+        int64_t total = cost_before(w, w->out), a = lo - start[i], z = hi - start[i];
+        if (z <= 0 || a >= total) continue;
+        int64_t r0 = a <= 0 ? 0 : split_at(w, a), r1 = z >= total ? w->out : split_at(w, z);
+        if (r0 >= r1) continue;
+#ifdef LLMPRUNE_X86
+        if (path == PATH_AVX512BF16) AVX512BF16_ROWS[b - 1](w, r0, r1, (const uint16_t *)xp, &os[i]);
+        else if (path == PATH_AVX512) AVX512_ROWS[b - 1](w, r0, r1, (const float *)xp, &os[i]);
+        else if (path == PATH_AVX2) AVX2_ROWS[b - 1](w, r0, r1, (const float *)xp, &os[i]);
+        else
+#endif
+        rows_generic(w, r0, r1, (const float *)xp, (int)b, &os[i]);
+    }
+}
+
+#define MAX_GROUP 8
+
+/* y_i = x @ W_i^T (+ bias_i) for n <= MAX_GROUP weights reading the same x (q/k/v, gate/up): x is prepared
+ * once and the threads split the stacked rows of all of them, one parallel region for the group.
+ * path: 0 generic, 1 AVX2, 2 AVX-512, 3 AVX-512 BF16 (bf16 x and bf16 W only; other x or W run as path 2).
+ * xdt/ydt: 0 fp32, 1 bf16, 2 fp16; x (b, in) and each y_i (b, out_i) contiguous.
  * Returns 0, -1 on bad arguments, -2 when the x buffer could not be allocated. */
-int llmprune_linear(int path, const llmprune_weight *w, const void *x, int xdt, int64_t b, void *y, int ydt,
-                    int nthreads) {
-    if (b < 1 || b > MAXB || path < 0 || path > 3 || xdt < 0 || xdt > 2 || ydt < 0 || ydt > 2) return -1;
-    if (w->words != (w->in + 31) / 32 || w->out < 0) return -1;
+int llmprune_linear_group(int path, const llmprune_weight *const *ws, int n, const void *x, int xdt, int64_t b,
+                          void *const *ys, int ydt, int nthreads) {
+    if (n < 1 || n > MAX_GROUP || b < 1 || b > MAXB || path < 0 || path > 3 || xdt < 0 || xdt > 2 || ydt < 0 || ydt > 2)
+        return -1;
 #ifndef LLMPRUNE_X86
     if (path != 0) return -1;
 #endif
-    if (path == PATH_AVX512BF16 && (xdt != DT_BF16 || w->is_fp16)) path = PATH_AVX512;
-    const void *xp = prepare_x(x, xdt, b, w->in, w->words, path == PATH_AVX512BF16);
+    int64_t start[MAX_GROUP + 1], weights = 0;
+    int fp16 = 0;
+    start[0] = 0;
+    out_t os[MAX_GROUP];
+    for (int i = 0; i < n; i++) {
+        const llmprune_weight *w = ws[i];
+        if (w->words != (w->in + 31) / 32 || w->out < 0 || w->in != ws[0]->in) return -1;
+        fp16 |= w->is_fp16;
+        start[i + 1] = start[i] + cost_before(w, w->out);
+        weights += w->out * w->in;
+        os[i] = (out_t){ys[i], w->bias, w->out, ydt};
+    }
+    if (path == PATH_AVX512BF16 && (xdt != DT_BF16 || fp16)) path = PATH_AVX512;
+    const void *xp = prepare_x(x, xdt, b, ws[0]->in, ws[0]->words, path == PATH_AVX512BF16);
     if (!xp) return -2;
-    out_t o = {y, w->bias, w->out, ydt};
     if (nthreads < 1) nthreads = 1;
-    int64_t max_threads = (w->out * w->in) / MIN_WEIGHTS_PER_THREAD;
+    int64_t max_threads = weights / MIN_WEIGHTS_PER_THREAD;
     if (nthreads > max_threads) nthreads = max_threads < 1 ? 1 : (int)max_threads;
     #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -520,16 +563,16 @@ int llmprune_linear(int path, const llmprune_weight *w, const void *x, int xdt, 
 #ifdef _OPENMP
         nt = omp_get_num_threads(); t = omp_get_thread_num();
 #endif
-        int64_t r0 = split_row(w, t, nt), r1 = split_row(w, t + 1, nt);
-#ifdef LLMPRUNE_X86
-        if (path == PATH_AVX512BF16) AVX512BF16_ROWS[b - 1](w, r0, r1, (const uint16_t *)xp, &o);
-        else if (path == PATH_AVX512) AVX512_ROWS[b - 1](w, r0, r1, (const float *)xp, &o);
-        else if (path == PATH_AVX2) AVX2_ROWS[b - 1](w, r0, r1, (const float *)xp, &o);
-        else
-#endif
-        rows_generic(w, r0, r1, (const float *)xp, (int)b, &o);
+        int64_t lo = (int64_t)((double)start[n] * t / nt), hi = t + 1 == nt ? start[n] : (int64_t)((double)start[n] * (t + 1) / nt);
+        run_share(path, ws, os, n, start, lo, hi, xp, b);
     }
     return 0;
+}
+
+/* y = x @ W^T (+ bias): the group of one. */
+int llmprune_linear(int path, const llmprune_weight *w, const void *x, int xdt, int64_t b, void *y, int ydt,
+                    int nthreads) {
+    return llmprune_linear_group(path, &w, 1, x, xdt, b, &y, ydt, nthreads);
 }
 
 /* Decode the packed weight into a dense row-major (out, in) buffer of elemsize

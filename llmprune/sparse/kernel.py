@@ -50,7 +50,7 @@ class _Weight(ctypes.Structure):
     _fields_ = [("values", ctypes.c_void_p), ("bitmask", ctypes.c_void_p), ("row_offsets", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p), ("out", ctypes.c_int64), ("in_", ctypes.c_int64),
                 ("words", ctypes.c_int64), ("nnz", ctypes.c_int64), ("is_fp16", ctypes.c_int32),
-                ("dense", ctypes.c_int32)]
+                ("dense", ctypes.c_int32), ("nm24", ctypes.c_int32)]
 
 
 def build(force: bool = False, name: str = _SOURCE_NAME) -> Path:
@@ -79,6 +79,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.llmprune_linear.argtypes = [i32, p, p, i32, i64, p, i32, i32]
     lib.llmprune_linear.restype = i32
+    lib.llmprune_linear_group.argtypes = [i32, p, i32, p, i32, i64, p, i32, i32]
+    lib.llmprune_linear_group.restype = i32
     lib.llmprune_unpack.argtypes = [p, p, p, i64, i64, i64, p, i32, i32]
     lib.llmprune_unpack.restype = i32
     lib.llmprune_stream_read.argtypes = [p, i64, i32]
@@ -136,10 +138,23 @@ def _bias32(bias: torch.Tensor | None, out_features: int) -> torch.Tensor | None
     return bias.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
+def is_2of4(bitmask: torch.Tensor, in_features: int) -> bool:
+    """Whether a bitmask keeps exactly 2 of every 4 columns, with in_features a multiple of 32: the kernel
+    then finds each mask byte's 4 values at a fixed offset (no popcounts)."""
+    if in_features % 32 or bitmask.numel() == 0:
+        return False
+    return bool(_BYTE_IS_2OF4[bitmask.contiguous().view(torch.uint8).int()].all())
+
+
+# mask byte -> both of its 4-column nibbles keep exactly 2
+_BYTE_IS_2OF4 = torch.tensor([bin(b & 15).count("1") == 2 and bin(b >> 4).count("1") == 2 for b in range(256)])
+
+
 def _make_plan(values, bitmask, offsets, bias, out_features, in_features, dense) -> Plan:
+    nm24 = not dense and is_2of4(bitmask, in_features)
     struct = _Weight(values.data_ptr(), bitmask.data_ptr(), 0 if offsets is None else offsets.data_ptr(),
                      0 if bias is None else bias.data_ptr(), out_features, in_features, bitmask.shape[-1],
-                     values.numel(), int(values.dtype == torch.float16), int(dense))
+                     values.numel(), int(values.dtype == torch.float16), int(dense), int(nm24))
     return Plan(struct, ctypes.addressof(struct), out_features, in_features, values, values.data_ptr(),
                 (bitmask, offsets, bias))
 
@@ -200,6 +215,33 @@ def run_unchecked(p: Plan, x: torch.Tensor, path_id: int, num_threads: int) -> t
     if rc != 0:
         raise RuntimeError(f"llmprune_linear rejected its arguments (rc={rc})")
     return y
+
+
+MAX_GROUP = 8  # weights per llmprune_linear_group call
+
+
+def group_addresses(plans) -> ctypes.Array:
+    """The C array of the plans' struct addresses that `run_group_unchecked` passes (built once per group)."""
+    if not 1 <= len(plans) <= MAX_GROUP or len({p.in_features for p in plans}) != 1:
+        raise ValueError(f"a group is 1 to {MAX_GROUP} plans with the same in_features")
+    return (ctypes.c_void_p * len(plans))(*(p.address for p in plans))
+
+
+def run_group_unchecked(plans, addresses: ctypes.Array, x: torch.Tensor, path_id: int,
+                        num_threads: int) -> list[torch.Tensor]:
+    """y_i = x @ W_i^T (+ bias_i) for plans reading the same x, in one foreign call (one x conversion, one
+    parallel region): what `run_unchecked` does for one plan, for a group such as q/k/v."""
+    if not x.is_contiguous():
+        x = x.contiguous()
+    lead = x.shape[:-1]
+    ys = [torch.empty((*lead, p.out_features), dtype=x.dtype) for p in plans]
+    outs = (ctypes.c_void_p * len(ys))(*(y.data_ptr() for y in ys))
+    code = _DTYPE_ID[x.dtype]
+    rc = _lib.llmprune_linear_group(path_id, addresses, len(plans), x.data_ptr(), code,
+                                    x.numel() // plans[0].in_features, outs, code, num_threads)
+    if rc != 0:
+        raise RuntimeError(f"llmprune_linear_group rejected its arguments (rc={rc})")
+    return ys
 
 
 def best_path_id() -> int | None:

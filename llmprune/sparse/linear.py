@@ -11,7 +11,8 @@ decode for 1-8 rows. Decoding a sparse model spends no time in torch's bf16 matr
 is slow for some shapes on CPUs.
 
 Both keep a `kernel.Plan` (pointers into their tensors) built on first use and rebuilt whenever a tensor
-moved (`.to()`, `load_state_dict`), so a decoding step costs one foreign call per linear.
+moved (`.to()`, `load_state_dict`), so a decoding step costs one foreign call per linear, or one per group
+of linears that read the same input (q/k/v, gate/up; learned while decoding, see shared.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LlmpruneError
-from . import kernel
+from . import kernel, shared
 from .format import SUFFIXES, check_parts, pack
 
 log = logging.getLogger(__name__)
@@ -65,13 +66,29 @@ def _kernel_rows(x: torch.Tensor, in_features: int) -> bool:
     return x.is_cpu and x.dtype in X_DTYPES and 1 <= x.numel() // max(in_features, 1) <= kernel.MAX_BATCH
 
 
-def _run(p: kernel.Plan, x: torch.Tensor) -> torch.Tensor | None:
+def _kernel_forward(module, x: torch.Tensor) -> torch.Tensor | None:
+    """module's output through the CPU kernel (with its input group when it has one), or None when the
+    kernel cannot take this weight."""
     path_id = kernel.best_path_id()
-    return None if path_id is None else kernel.run_unchecked(p, x, path_id, torch.get_num_threads())
+    if path_id is None:
+        return None
+    threads = torch.get_num_threads()
+    if module._group is not None:
+        y = module._group.run(module, x, path_id, threads)
+        if y is not None:
+            return y
+    p = module.kernel_plan()
+    if p is None:
+        return None
+    shared.note(module, x)
+    return kernel.run_unchecked(p, x, path_id, threads)
 
 
 class SparseLinear(nn.Module):
     """y = x W^T + b with W packed; a drop-in for nn.Linear at inference."""
+
+    _group: shared.InputGroup | None = None  # siblings reading the same x (see shared.py)
+    _groupable = True
 
     def __init__(self, parts: dict[str, torch.Tensor], bias: torch.Tensor | None = None):
         super().__init__()
@@ -108,8 +125,7 @@ class SparseLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_rows(x, self.in_features):
-            p = self.kernel_plan()
-            y = None if p is None else _run(p, x)  # (..., out)
+            y = _kernel_forward(self, x)  # (..., out)
             if y is not None:
                 return y
         w = self.dense_weight()
@@ -132,6 +148,9 @@ class KernelLinear(nn.Linear):
     """An nn.Linear (same weight and bias Parameters) whose bf16/fp16 weight the CPU kernel reads densely
     for 1-8 rows of x; other inputs go to F.linear as usual."""
 
+    _group: shared.InputGroup | None = None
+    _groupable = True
+
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "KernelLinear":
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
@@ -152,8 +171,7 @@ class KernelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _kernel_rows(x, self.in_features) and x.dtype == self.weight.dtype:
-            p = self.kernel_plan()
-            y = None if p is None else _run(p, x)
+            y = _kernel_forward(self, x)
             if y is not None:
                 return y
         return F.linear(x, self.weight, self.bias)
