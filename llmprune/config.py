@@ -121,6 +121,9 @@ class PruneConfig:
     calib_samples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    # within a layer, prune each group of linears on the inputs the pruned groups before it give (sequential.py);
+    # False: every statistic from the unpruned layer, as the Wanda and SparseGPT reference drivers do
+    sequential: bool = True
     # layer-wise sparsity (OWL, Yin et al. 2024): outlier threshold M x the layer's mean score, band +- lambda
     allocation: str = "uniform"
     owl_m: float = 5.0

@@ -5,10 +5,11 @@ skeleton with pass-through stand-ins for every decoder layer (modules outside th
 embeddings and rotary tables, are loaded lazily when first called): each stand-in records the arguments
 the model's own loop gives its layer (masks, position ids, `position_embeddings`), which differ by layer
 in Gemma2/3 and sliding-window Qwen, so no per-model code is needed and no layer is assumed alike. Then,
-for each decoder layer: load its weights, run the calibration activations through it with hooks on its prunable linears to collect
-statistics, prune every linear from those statistics (all taken from the unpruned layer, as the Wanda and
-SparseGPT reference drivers do), rerun the pruned layer to produce the next layer's inputs (in place, one
-activation buffer), and free the layer. `streaming.py` drives this over a checkpoint on disk (saving each
+for each decoder layer: load its weights, prune its linears group by group, each on the inputs the pruned
+groups before it give, with every linear computed once (sequential.py, the default), or from statistics all
+taken from the unpruned layer and a rerun of the pruned one (`sequential=False`, as the Wanda and SparseGPT
+reference drivers do); either way the layer's outputs replace its inputs in place (one activation buffer)
+as the next layer's inputs, and the layer is freed. `streaming.py` drives this over a checkpoint on disk (saving each
 layer, resuming, assembling the output); `prune_model_calibrated_` here does it to a model in memory.
 Methods come from the registry (llmprune.methods): the engine reads which statistic each needs and calls its
 `prune(weight, stats, spec)`. With `allocation="owl"` a first streamed pass over the dense layers scores
@@ -81,6 +82,10 @@ def model_inputs(batch: torch.Tensor) -> dict:
     return {"input_ids": batch} if not batch.is_floating_point() else {"pixel_values": batch}
 
 
+def _in_memory(shape, dtype, name: str | None = None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
 class LayerInputs:
     """Every decoder layer's inputs for every calibration sample.
 
@@ -90,8 +95,21 @@ class LayerInputs:
     rotary tables in Gemma2/3, Qwen's sliding layers), so each keeps the arguments the model itself gave it.
     """
 
-    def __init__(self, hidden: torch.Tensor | None, extra: dict[int, list[tuple[tuple, dict]]], batch_size: int):
+    def __init__(self, hidden: torch.Tensor | None, extra: dict[int, list[tuple[tuple, dict]]], batch_size: int,
+                 place=None):
         self.hidden, self.extra, self.batch_size = hidden, extra, batch_size
+        self.place = place or _in_memory  # place(shape, dtype, name): where other per-sample buffers go
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.plans: dict = {}  # what the sequential engine found of each kind of layer (sequential.plan)
+
+    def buffer(self, name: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """A per-sample scratch buffer, reused by every layer that asks for the same name, shape and dtype: its
+        pages are faulted in once per run, not once per layer."""
+        t = self.buffers.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype:
+            self.buffers.pop(name, None)
+            t = self.buffers[name] = self.place(shape, dtype, name)
+        return t
 
     def iter_chunks(self, device, layer: int):
         for sl in chunks(self.hidden.shape[0], self.batch_size):
@@ -166,9 +184,10 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor,
     """Run `batch` (n, seqlen) token ids (or (n, 3, h, w) images) through the model with stand-ins for the
     decoder layers, and capture the first layer's hidden states and every layer's own other arguments.
 
-    `place(shape, dtype)` allocates the buffer of the hidden states (default: in CPU memory).
+    `place(shape, dtype, name=None)` allocates the buffer of the hidden states (default: in CPU memory), and
+    later the sequential engine's kept inputs (`name` "kept").
     """
-    place = place or (lambda shape, dtype: torch.empty(shape, dtype=dtype))
+    place = place or _in_memory
     hidden, extra = None, {}
     with _StandIns(layers) as stand_ins:
         for sl in chunks(batch.shape[0], batch_size):
@@ -178,7 +197,7 @@ def capture_inputs(model: nn.Module, layers: nn.ModuleList, batch: torch.Tensor,
                 hidden = place((batch.shape[0], *x.shape[1:]), x.dtype)  # (n, seqlen, hidden)
             hidden[sl] = x.to(hidden.device)
             extra.setdefault(sl.stop - sl.start, [(args, kwargs) for _, args, kwargs in calls])
-    return LayerInputs(hidden, extra, batch_size)
+    return LayerInputs(hidden, extra, batch_size, place)
 
 
 @torch.no_grad()
@@ -238,9 +257,25 @@ def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], na
                  inputs: LayerInputs, cfg: PruneConfig, device: torch.device, step=None, phases=None,
                  sparsity: float | None = None, rerun: bool = True) -> None:
     """Prune the given linears of resident layer `index` (to `sparsity`, default the run's target), then
-    replace `inputs.hidden` by the layer's outputs (`rerun`; the last layer's outputs feed nothing)."""
+    replace `inputs.hidden` by the layer's outputs (`rerun`; the last layer's outputs feed nothing).
+
+    `cfg.sequential`: group by group on the inputs the pruned groups give (sequential.py, about one layer
+    forward); otherwise every statistic from the unpruned layer, then a rerun (the reference drivers' order)."""
+    from .sequential import prune_sequential_
+
     phases = phases or Phases()
     method = get_method(cfg.method)
+
+    def solve(group: list[str], stats) -> None:
+        solve_group_(method, [linears[leaf].weight.data for leaf in group], stats,
+                     [cfg.layer_spec(sparsity, names[leaf]) for leaf in group])
+        for leaf in group:
+            if step:
+                step(names[leaf])
+
+    if cfg.sequential and prune_sequential_(layer, index, linears, inputs, method.stats, solve, run_layer, device,
+                                            phases, rerun):
+        return
     with phases("statistics"):
         stats = collect_stats(layer, index, linears, inputs, method.stats, device)
     with phases("solve"):
@@ -248,23 +283,25 @@ def prune_layer_(layer: nn.Module, index: int, linears: dict[str, nn.Linear], na
         for leaf in linears:
             groups.setdefault(id(stats[leaf]), []).append(leaf)
         for group in groups.values():
-            weights = [linears[leaf].weight.data for leaf in group]
-            specs = [cfg.layer_spec(sparsity, names[leaf]) for leaf in group]
             shared = stats[group[0]]
-            if len(group) > 1 and method.prune_shared:
-                new = method.prune_shared(weights, shared, specs)
-            else:
-                new = [method.prune(w, shared, spec) for w, spec in zip(weights, specs)]
-            for leaf, w, weight in zip(group, weights, new):
-                w.copy_(weight)
+            for leaf in group:
                 del stats[leaf]
-                if step:
-                    step(names[leaf])
-            del shared, new, weights  # (the Hessian of a 7B MLP is 0.5 GB: not kept through the rerun)
+            solve(group, shared)
+            del shared  # (the Hessian of a 7B MLP is 0.5 GB: not kept through the rerun)
     del stats
     if rerun:
         with phases("rerun"):
             forward_layer_(layer, index, inputs, device)
+
+
+def solve_group_(method, weights: list[torch.Tensor], stats, specs) -> None:
+    """Prune `weights` (each (out, in), read from one input) in place with `method` and their shared statistics."""
+    if len(weights) > 1 and method.prune_shared:
+        new = method.prune_shared(weights, stats, specs)
+    else:
+        new = [method.prune(w, stats, spec) for w, spec in zip(weights, specs)]
+    for w, weight in zip(weights, new):
+        w.copy_(weight)
 
 
 @torch.no_grad()

@@ -100,26 +100,34 @@ ACTIVATIONS = ("auto", "memory", "disk")
 
 
 def activation_placement(cfg: PruneConfig, path: Path, device: torch.device | None = None):
-    """`place(shape, dtype)` for the calibration activations: on the GPU the layers run on, in memory, or in a
-    file mapped into memory (`disk`). `auto` picks the first that leaves half of its free memory free."""
+    """`place(shape, dtype, name=None)` for the calibration activations (and, named, other per-sample buffers
+    such as the sequential engine's kept inputs): on the GPU the layers run on, in memory, or in a file mapped
+    into memory (`disk`; `path`, or a scratch file beside it for a named buffer, unlinked once mapped).
+    `auto` picks the first that leaves half of its free memory free."""
     import psutil
 
     choice = cfg.extra.get("activations") or "auto"
     if choice not in ACTIVATIONS:
         raise LlmpruneError(f"Unknown --activations '{choice}'. Available: {', '.join(ACTIVATIONS)}.")
 
-    def place(shape, dtype):
+    def place(shape, dtype, name: str | None = None):
         n = math.prod(shape)
         nbytes = n * dtype.itemsize
+        what = name or "calibration activations"
         if choice == "auto" and device is not None and device.type == "cuda" and \
                 nbytes < torch.cuda.mem_get_info(device)[0] // 2:
-            log.info("calibration activations (%.0f MB) kept on %s", nbytes / 1e6, device)
+            log.info("%s (%.0f MB) kept on %s", what, nbytes / 1e6, device)
             return torch.empty(shape, dtype=dtype, device=device)
         on_disk = choice == "disk" or (choice == "auto" and nbytes >= psutil.virtual_memory().available // 2)
-        log.info("calibration activations (%.0f MB) kept %s", nbytes / 1e6, f"in {path}" if on_disk else "in memory")
+        file = path if name is None else path.with_name(f"{path.stem}-{name}.bin")
+        log.log(logging.INFO if name is None else logging.DEBUG, "%s (%.0f MB) kept %s", what, nbytes / 1e6,
+                f"in {file}" if on_disk else "in memory")
         if not on_disk:
             return torch.empty(shape, dtype=dtype)
-        return torch.from_file(str(path), shared=True, size=n, dtype=dtype).view(shape)
+        t = torch.from_file(str(file), shared=True, size=n, dtype=dtype).view(shape)
+        if name is not None:
+            file.unlink()  # (the mapping keeps its pages until the tensor is freed; a crash leaves nothing)
+        return t
     return place
 
 

@@ -74,23 +74,37 @@ def calib_batch(arch: str, n: int = 6) -> torch.Tensor:
 
 @torch.no_grad()
 def sequential_reference_(model: torch.nn.Module, cfg: PruneConfig, batch: torch.Tensor) -> None:
-    """Prune layer by layer, each from the statistics of a full forward of the real (partly pruned) model."""
+    """Prune layer by layer, each from the statistics of full forwards of the real (partly pruned) model: one
+    forward for all of a layer's linears (`cfg.sequential` False, the reference drivers' order), or one per
+    linear in the order the layer calls them, each on the inputs the linears pruned before it give
+    (`cfg.sequential`, GPTQ's true-sequential order, at its plainest)."""
     select = Selector(arch_for(model.config))
     path, layers = find_layers(model, arch_for(model.config))
     for i, layer in enumerate(layers):
         lins = {n: m for n, m in layer.named_modules()
                 if isinstance(m, torch.nn.Linear) and select(f"{path}.{i}.{n}.weight", tuple(m.weight.shape))}
-        stats = {n: (ActNormStats if cfg.method == "wanda" else HessianStats)(m.in_features) for n, m in lins.items()}
-        hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: stats[n].add_(a[0])) for n, m in lins.items()]
-        for chunk in batch.split(BATCH):
-            model(**model_inputs(chunk))
-        for h in hooks:
-            h.remove()
-        for n, m in lins.items():
-            if cfg.method == "wanda":
-                m.weight.copy_(wanda_prune(m.weight, stats[n].sum_sq, cfg.sparsity, cfg.scope, cfg.pattern))
-            else:
-                m.weight.copy_(sparsegpt_prune(m.weight, stats[n].H, cfg.sparsity, cfg.pattern, scope=cfg.scope))
+        if cfg.sequential:
+            order = []
+            hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: order.append(n)) for n, m in lins.items()]
+            model(**model_inputs(batch[:1]))
+            for h in hooks:
+                h.remove()
+            rounds = [[n] for n in dict.fromkeys(order)]
+        else:
+            rounds = [list(lins)]
+        for names in rounds:
+            stats = {n: (ActNormStats if cfg.method == "wanda" else HessianStats)(lins[n].in_features) for n in names}
+            hooks = [lins[n].register_forward_pre_hook(lambda mod, a, n=n: stats[n].add_(a[0])) for n in names]
+            for chunk in batch.split(BATCH):
+                model(**model_inputs(chunk))
+            for h in hooks:
+                h.remove()
+            for n in names:
+                m = lins[n]
+                if cfg.method == "wanda":
+                    m.weight.copy_(wanda_prune(m.weight, stats[n].sum_sq, cfg.sparsity, cfg.scope, cfg.pattern))
+                else:
+                    m.weight.copy_(sparsegpt_prune(m.weight, stats[n].H, cfg.sparsity, cfg.pattern, scope=cfg.scope))
 
 
 CASES = [("wanda", None), ("sparsegpt", None), ("sparsegpt", NMPattern(2, 4))]
@@ -98,8 +112,9 @@ CASES = [("wanda", None), ("sparsegpt", None), ("sparsegpt", NMPattern(2, 4))]
 
 @pytest.mark.parametrize("arch", list(CONFIGS))
 @pytest.mark.parametrize("method,pattern", CASES, ids=["wanda", "sparsegpt", "sparsegpt-2:4"])
-def test_engine_equals_sequential_reference(tmp_path, arch, method, pattern):
-    cfg = PruneConfig(method=method, sparsity=0.5, pattern=pattern, extra={"batch_size": BATCH})
+@pytest.mark.parametrize("sequential", [True, False], ids=["sequential", "unpruned-stats"])
+def test_engine_equals_sequential_reference(tmp_path, arch, method, pattern, sequential):
+    cfg = PruneConfig(method=method, sparsity=0.5, pattern=pattern, sequential=sequential, extra={"batch_size": BATCH})
     batch = calib_batch(arch)
     reference = tiny(arch)
     src = tmp_path / "src"

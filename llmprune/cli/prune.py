@@ -27,12 +27,17 @@ from .common import emit, fmt_pct, json_option, make_config, progress, prune_opt
 @click.option("--activations", type=click.Choice(["auto", "memory", "disk"]), default="auto", show_default=True,
               help="Where calibration activations live (calibration methods): memory, a memory-mapped file in "
                    "OUTPUT.partial (disk), or memory when they take under half of the free memory (auto).")
+@click.option("--sequential/--no-sequential", default=None, help="Calibration methods: within a layer, prune each "
+              "group of linears (q/k/v, o, gate/up, down) on the inputs the pruned ones before it give, computing "
+              "every linear once (about half the reference drivers' work; GPTQ's true-sequential order), or take "
+              "every statistic from the unpruned layer and rerun it (--no-sequential: the Wanda and SparseGPT "
+              "papers' order, less memory) [default: sequential].")
 @click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for magnitude pruning "
               "(memory-bound; file reads already overlap on a background thread). 0: torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @json_option
 def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, allocation, owl_m, owl_lambda, output, fmt,
-              calib, calib_samples, seqlen, seed, device, activations, threads, overwrite, as_json):
+              calib, calib_samples, seqlen, seed, device, activations, sequential, threads, overwrite, as_json):
     """Prune MODEL in one shot and save it to OUTPUT.
 
     MODEL is a Hugging Face repo id, a local directory (safetensors or .bin), a .gguf file, or a built-in
@@ -48,9 +53,10 @@ def prune_cmd(model, method, sparsity, pattern, scope, include, exclude, allocat
                       seqlen=seqlen, seed=seed,
                       extra={**({"device": device} if device else {}), **({"activations": activations}
                                                                           if activations != "auto" else {})},
-                      allocation=allocation.lower(), owl_m=owl_m, owl_lambda=owl_lambda)
+                      allocation=allocation.lower(), owl_m=owl_m, owl_lambda=owl_lambda, sequential=sequential)
     unused = [f for f, v in (("--calib", calib), ("--calib-samples", calib_samples), ("--seqlen", seqlen),
                              ("--seed", seed), ("--device", device)) if v is not None]
+    unused += [] if sequential is None else ["--sequential" if sequential else "--no-sequential"]
     unused += ["--activations"] if activations != "auto" else []
     if not get_method(cfg.method).calibrated and unused:
         raise LlmpruneError(f"{', '.join(unused)}: only for --method wanda or sparsegpt (magnitude pruning uses no data).")
