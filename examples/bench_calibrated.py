@@ -1,10 +1,12 @@
 """Calibrated pruning speed and memory on SmolLM2-135M: the recipe of the reference-code comparison.
 
-    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--baseline OLD] [--no-reference]
-        [--json out.json]
+    python examples/bench_calibrated.py [--threads 1 2] [--methods wanda sparsegpt] [--modes sequential unpruned]
+        [--baseline OLD] [--no-reference] [--json out.json]
 
 Recipe: fp32, 32 x 512 calibration tokens from the pydoc "train" split (seed 0), 50% unstructured, streamed
-by `llmprune prune`. Each run is a fresh process; reported: prune time (run.json), its per-phase profile,
+by `llmprune prune`, in each mode: `sequential` (the default: each group of a layer's linears pruned on the
+inputs the pruned ones give) and `unpruned` (`--no-sequential`: every statistic from the unpruned layer, the
+reference drivers' order). Each run is a fresh process; reported: prune time (run.json), its per-phase profile,
 the process's wall time, user and system CPU time, minor page faults, peak RSS, and the perplexity of the
 output (first 20 windows of 512 of the pydoc "test" split).
 
@@ -50,10 +52,16 @@ def run_measured(cmd: list[str], threads: int, tree: str | None = None) -> tuple
                     "system_s": round(ru.ru_stime, 2), "minor_faults": ru.ru_minflt}
 
 
-def prune_and_score(src: str, dst: Path, method: str, threads: int, windows: int, tree: str | None = None) -> dict:
-    """Prune with the recipe (llmprune from `tree`, default this one), then score the output with this eval."""
+MODES = {"sequential": [], "unpruned": ["--no-sequential"]}
+
+
+def prune_and_score(src: str, dst: Path, method: str, threads: int, windows: int, tree: str | None = None,
+                    mode: str = "sequential") -> dict:
+    """Prune with the recipe (llmprune from `tree`, default this one; `mode`'s flags unless it is a baseline
+    tree, which runs its own default), then score the output with this eval."""
     _, usage = run_measured(CLI + ["prune", src, "--method", method, "--sparsity", "0.5", "--calib-samples", "32",
-                                   "--seqlen", "512", "-o", str(dst), "--overwrite"], threads, tree)
+                                   "--seqlen", "512", "-o", str(dst), "--overwrite", *([] if tree else MODES[mode])],
+                            threads, tree)
     timings = json.loads((dst / "run.json").read_text())["timings"]
     return {"prune_s": round(timings["total"], 1), "ppl": score(dst, threads, windows), **usage,
             "system_fraction": round(usage["system_s"] / max(usage["user_s"] + usage["system_s"], 1e-9), 3),
@@ -95,6 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--baseline", help="a checkout of an earlier llmprune (e.g. `git worktree add /tmp/old REV`): "
                                        "each point is also pruned with it, in the same session")
@@ -111,33 +120,37 @@ def main() -> None:
             out, dense_usage = run_measured([sys.executable, "-c", DENSE, src], threads)
             dense = json.loads(out.strip().splitlines()[-1])["dense_forward_s"]
             for method in args.methods:
-                row = {"method": method, "threads": threads, "dense_forward_s": round(dense, 2),
-                       "dense_peak_rss_mb": dense_usage["peak_rss_mb"], "issue_reference_s": REFERENCE_S.get((method, threads)),
-                       **prune_and_score(src, work / "out", method, threads, args.windows)}
-                ref = row["reference"] = None if args.no_reference else \
-                    reference_and_score(src, work / "ref", method, threads, args.windows)
+                ref = None if args.no_reference else reference_and_score(src, work / "ref", method, threads, args.windows)
+                for mode in args.modes:
+                    rows.append(row := {"method": method, "mode": mode, "threads": threads, "dense_forward_s": round(dense, 2),
+                                        "dense_peak_rss_mb": dense_usage["peak_rss_mb"],
+                                        "issue_reference_s": REFERENCE_S.get((method, threads)),
+                                        **prune_and_score(src, work / "out", method, threads, args.windows, mode=mode)})
+                    row["reference"] = ref
+                    if ref:
+                        for key in ("prune_s", "process_s", "peak_rss_mb"):
+                            row[f"{key}_vs_reference"] = round(row[key] / ref[key], 3)
+                    row["rss_vs_dense_model"] = round(row["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3)
+                    if args.baseline:
+                        row["baseline"] = prune_and_score(src, work / "out", method, threads, args.windows, args.baseline)
+                        row["ratio_to_baseline"] = round(row["prune_s"] / row["baseline"]["prune_s"], 3)
+                    print(f"{method:9s} {mode:10s} threads={threads}  prune {row['prune_s']:6.1f} s  process "
+                          f"{row['process_s']} s  peak RSS {row['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the "
+                          f"dense model's {dense_usage['peak_rss_mb']} MB)  user {row['user_s']} s  sys {row['system_s']} s"
+                          f" ({row['system_fraction']:.1%})  ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s", flush=True)
+                    if ref:
+                        print(f"   vs reference drivers: prune x{row['prune_s_vs_reference']}  process "
+                              f"x{row['process_s_vs_reference']}  peak RSS x{row['peak_rss_mb_vs_reference']}", flush=True)
+                    if args.baseline:
+                        b = row["baseline"]
+                        print(f"   baseline: prune {b['prune_s']} s (new/baseline x{row['ratio_to_baseline']})  peak RSS "
+                              f"{b['peak_rss_mb']} MB  user {b['user_s']} s  sys {b['system_s']} s  ppl {b['ppl']}",
+                              flush=True)
+                    print("   phases:", json.dumps((row.get("profile") or {}).get("phases_s")), flush=True)
                 if ref:
-                    for key in ("prune_s", "process_s", "peak_rss_mb"):
-                        row[f"{key}_vs_reference"] = round(row[key] / ref[key], 3)
-                row["rss_vs_dense_model"] = round(row["peak_rss_mb"] / dense_usage["peak_rss_mb"], 3)
-                if args.baseline:
-                    row["baseline"] = prune_and_score(src, work / "out", method, threads, args.windows, args.baseline)
-                    row["ratio_to_baseline"] = round(row["prune_s"] / row["baseline"]["prune_s"], 3)
-                rows.append(row)
-                print(f"{method:9s} threads={threads}  prune {row['prune_s']:6.1f} s  process {row['process_s']} s  "
-                      f"peak RSS {row['peak_rss_mb']} MB ({row['rss_vs_dense_model']}x the dense model's "
-                      f"{dense_usage['peak_rss_mb']} MB)  user {row['user_s']} s  sys {row['system_s']} s  "
-                      f"ppl {row['ppl']}  dense fwd {row['dense_forward_s']} s", flush=True)
-                if ref:
-                    print(f"   reference drivers: prune {ref['prune_s']} s (x{row['prune_s_vs_reference']})  process "
-                          f"{ref['process_s']} s (x{row['process_s_vs_reference']})  peak RSS {ref['peak_rss_mb']} MB "
-                          f"(x{row['peak_rss_mb_vs_reference']})  user {ref['user_s']} s  sys {ref['system_s']} s  "
-                          f"ppl {ref['ppl']}  phases {json.dumps(ref['phases_s'])}", flush=True)
-                if args.baseline:
-                    b = row["baseline"]
-                    print(f"   baseline: prune {b['prune_s']} s (new/baseline x{row['ratio_to_baseline']})  peak RSS "
-                          f"{b['peak_rss_mb']} MB  user {b['user_s']} s  sys {b['system_s']} s  ppl {b['ppl']}", flush=True)
-                print("   phases:", json.dumps((row.get("profile") or {}).get("phases_s")), flush=True)
+                    print(f"{method:9s} reference  threads={threads}  prune {ref['prune_s']} s  process {ref['process_s']} s"
+                          f"  peak RSS {ref['peak_rss_mb']} MB  user {ref['user_s']} s  sys {ref['system_s']} s  ppl "
+                          f"{ref['ppl']}  phases {json.dumps(ref['phases_s'])}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
