@@ -53,10 +53,13 @@ class _Kept:
     def is_output(self) -> bool:
         return self.ready and self.rows == self.buf.shape[0]
 
-    def output(self, sl: slice, device, buffer) -> torch.Tensor:
+    def output(self, sl: slice, device, buffer, keep: bool = True) -> torch.Tensor:
+        """L's output for chunk `sl`; computed once, and kept for later passes (`keep`: a pass follows)."""
         if self.is_output:
             return self.buf[sl].to(device)
         y = self.linear(self.buf[sl].to(device))
+        if not keep:
+            return y
         if self.out is None and (y.shape[-1] != self.buf.shape[-1] or y.dtype != self.buf.dtype):
             self.out = buffer(f"{self.name}-out", (self.buf.shape[0], *y.shape[1:]), y.dtype)
         (self.buf if self.out is None else self.out)[sl] = y  # in place: this chunk's input is not read again
@@ -146,8 +149,9 @@ def plan(layer: nn.Module, linears: dict[str, nn.Linear], run, x, args, kwargs) 
 class _Replays:
     """Parents replaced by their kept linears' outputs while a pass runs (instance `forward` overrides)."""
 
-    def __init__(self, kept: list[_Kept], current: list, device, buffer):
+    def __init__(self, kept: list[_Kept], current: list, device, buffer, keep: bool):
         self.kept, self.current, self.device, self.buffer = [k for k in kept if k.ready], current, device, buffer
+        self.keep = keep  # another pass follows: outputs computed now are kept for it
 
     def __enter__(self):
         self.saved = []
@@ -164,7 +168,7 @@ class _Replays:
 
     def _replay(self, k: _Kept):
         def forward(*args, **kwargs):
-            return k.result(k.output(self.current[0], self.device, self.buffer))
+            return k.result(k.output(self.current[0], self.device, self.buffer, self.keep))
         return forward
 
 
@@ -226,7 +230,7 @@ def prune_sequential_(layer: nn.Module, index: int, linears: dict[str, nn.Linear
 
 def _pass(layer, index, inputs, device, current, kept, run, write: bool = False) -> None:
     """Every chunk through `layer` with the ready parents replayed; its outputs into `inputs.hidden` (`write`)."""
-    with _Replays(kept, current, device, inputs.buffer):
+    with _Replays(kept, current, device, inputs.buffer, keep=not write):
         for sl, x, args, kwargs in inputs.iter_chunks(device, index):
             current[0] = sl
             try:
