@@ -96,7 +96,7 @@ def _returns(out, y: torch.Tensor) -> int | None:
 def plan(layer: nn.Module, linears: dict[str, nn.Linear], run, x, args, kwargs) -> Plan | None:
     """The groups and replay parents of `layer`, from one forward (`run(layer, x, args, kwargs)`) of a chunk;
     None when a linear is not called exactly once (its input would not be one tensor per forward)."""
-    calls, order, seen_inputs, outputs, module_out = {}, [], [], {}, {}
+    calls, order, seen_inputs, module_out = {}, [], [], {}
     group_of: dict[str, str] = {}
     modules = {name: mod for name, mod in layer.named_modules() if name}
     ancestors = {leaf: [n for n in modules if leaf.startswith(n + ".")] for leaf in linears}

@@ -134,3 +134,9 @@ def test_unknown_repo_id_offline(tmp_path):
 def test_file_that_is_not_gguf(tmp_path):
     (tmp_path / "weights.txt").write_text("hello")
     assert_error(run("inspect", tmp_path / "weights.txt"), ".gguf", "smollm2-135m")
+
+
+def test_sequential_flag_needs_a_calibrated_method(tiny_dir, tmp_path):
+    assert_error(run("prune", tiny_dir, "--no-sequential", "-o", tmp_path / "m"),
+                 "--no-sequential: only for --method wanda or sparsegpt")
+    assert not (tmp_path / "m").exists()
